@@ -1,0 +1,1 @@
+"""Published comparator models; ships as `hvbench.baselines`. Each module registers on import."""

@@ -1,0 +1,115 @@
+"""`vae`: one Gaussian latent vector with a conv encoder and decoder (Kingma & Welling 2014).
+
+The network is sized from the task's shape: stride-2 4×4 convs halve the image
+until it is at most 4×4, then two dense layers. For 1×64×64 binary images this
+is exactly the β-VAE net of Burgess et al. 2018 (4 × conv 32, 2 × FC 256,
+10 latents).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from hvbench.latents import DiagonalGaussian, ModelOutput, kl_divergence
+from hvbench.likelihoods import get_likelihood
+from hvbench.registry import register_model
+from hvbench.task import TaskSpec
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    latent_dim: int = 10
+    channels: int = 32  # conv width at every resolution (Burgess: 32)
+    hidden: int = 256  # width of the two dense layers
+    mixtures: int = 10  # logistic mixture components (dlogistic tasks only)
+
+
+def halving_sizes(height: int, width: int) -> list[tuple[int, int]]:
+    """Feature sizes of a k4-s2-p1 conv stack run until the map is at most 4×4."""
+    sizes = [(height, width)]
+    while max(sizes[-1]) > 4:
+        h, w = sizes[-1]
+        sizes.append(((h - 2) // 2 + 1, (w - 2) // 2 + 1))
+    return sizes
+
+
+class VAE(nn.Module):
+    def __init__(self, cfg: VAEConfig, spec: TaskSpec):
+        super().__init__()
+        channels, height, width = spec.shape
+        self.spec = spec
+        self.latent_dim = cfg.latent_dim
+        self.head = get_likelihood(spec.likelihood, channels, cfg.mixtures)
+        sizes = halving_sizes(height, width)
+        self.top_shape = (cfg.channels, *sizes[-1])
+        flat = cfg.channels * sizes[-1][0] * sizes[-1][1]
+
+        encoder: list[nn.Module] = []
+        in_ch = channels
+        for _ in sizes[1:]:
+            encoder += [nn.Conv2d(in_ch, cfg.channels, 4, 2, 1), nn.ReLU()]
+            in_ch = cfg.channels
+        encoder += [nn.Flatten(), nn.Linear(flat, cfg.hidden), nn.ReLU()]
+        encoder += [
+            nn.Linear(cfg.hidden, cfg.hidden),
+            nn.ReLU(),
+            nn.Linear(cfg.hidden, 2 * cfg.latent_dim),
+        ]
+        self.encoder = nn.Sequential(*encoder)
+
+        decoder: list[nn.Module] = [nn.Linear(cfg.latent_dim, cfg.hidden), nn.ReLU()]
+        decoder += [
+            nn.Linear(cfg.hidden, cfg.hidden),
+            nn.ReLU(),
+            nn.Linear(cfg.hidden, flat),
+            nn.ReLU(),
+        ]
+        decoder += [nn.Unflatten(1, self.top_shape)]
+        for i, (h, w) in enumerate(reversed(sizes[:-1])):
+            prev_h, prev_w = list(reversed(sizes))[i]
+            out_ch = self.head.out_channels if i == len(sizes) - 2 else cfg.channels
+            pad = (h - 2 * prev_h, w - 2 * prev_w)  # 0 or 1: undo the floor of odd sizes
+            decoder.append(nn.ConvTranspose2d(cfg.channels, out_ch, 4, 2, 1, output_padding=pad))
+            if out_ch == cfg.channels:
+                decoder.append(nn.ReLU())
+        self.decoder = nn.Sequential(*decoder)
+
+    def posterior(self, x: Tensor) -> DiagonalGaussian:
+        return DiagonalGaussian.from_params(self.encoder(self.head.prepare(x)))
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        q = self.posterior(x)
+        px_params = self.decoder(q.rsample())
+        log_px = self.head.log_prob(px_params, self.head.prepare(x))
+        kl = kl_divergence(q, DiagonalGaussian.standard(q.mu))
+        return ModelOutput(
+            log_px=log_px, kl_units={"z": kl}, post_mean={"z": q.mu}, px_params=px_params
+        )
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        device = next(self.parameters()).device
+        return self.head.mean(self.decoder(torch.randn(n, self.latent_dim, device=device)))
+
+    def log_weights(self, x: Tensor, k: int) -> Tensor:
+        """(B, k) log p(x, z_j) − log q(z_j | x) for k importance samples z_j ~ q(z | x)."""
+        q = self.posterior(x)
+        eps = torch.randn(k, *q.mu.shape, device=q.mu.device)
+        z = q.mu + torch.exp(q.log_sigma) * eps  # (k, B, D)
+        target = self.head.prepare(x).repeat(k, 1, 1, 1)
+        log_px = self.head.log_prob(self.decoder(z.flatten(0, 1)), target).view(k, -1)
+        prior = DiagonalGaussian.standard(z)
+        log_w = log_px + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
+        return log_w.t()
+
+
+@register_model(
+    "vae",
+    config=VAEConfig,
+    description="flat VAE, one Gaussian latent (Burgess et al. 2018 net at 64×64)",
+)
+def build_vae(cfg: VAEConfig, spec: TaskSpec) -> VAE:
+    return VAE(cfg, spec)

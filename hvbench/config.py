@@ -1,0 +1,273 @@
+"""Typed run configuration: frozen dataclasses filled from YAML and `--set` overrides.
+
+A typo in a sweep must never silently run the default, so every key is checked
+against the dataclass it lands in and every value against its field's type.
+Each task and model declares its own options dataclass in its registry entry;
+this module only knows the sections every run shares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from hvbench.errors import UserError
+from hvbench.registry import MODELS, TASKS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and the training objective (DESIGN §5)."""
+
+    steps: int = 2000
+    epochs: float | None = None  # when set, steps = epochs · len(train) / batch_size
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    w_rec: float = 1.0
+    beta: float = 1.0
+    beta_schedule: Literal["constant", "linear", "cyclical"] = "constant"
+    warmup_steps: int = 0  # linear: steps to reach beta; cyclical: ramp length per cycle
+    cycle_steps: int = 0  # cyclical: period of the schedule
+    free_bits: float = 0.0  # nats per latent group, on the batch-mean KL
+    grad_clip: float = 0.0  # 0 disables clipping
+    eval_every: int = 500  # periodic validation ELBO, in steps
+    val_examples: int = 2000  # examples used by each periodic validation
+    log_every: int = 50
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Final evaluation on the task's evaluation splits (DESIGN §6)."""
+
+    batch_size: int = 500
+    max_examples: int | None = None  # cap per split, for smoke runs
+    iwae_k: int = 1000  # importance samples for the IWAE bound; 0 disables
+    iwae_examples: int | None = None  # cap on examples for IWAE (it costs k forward passes)
+    au_samples: int = 10  # ancestral samples estimating E_q[z] of hierarchical models
+    au_threshold: float = 0.01
+    kl_collapse_threshold: float = 0.01
+    throughput_warmup: int = 2  # batches excluded from the images/s measurement
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "hvbench"
+    entity: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    root: str = "results"
+    run_id: str | None = None  # default: <UTC time>-<seed>-<short random>
+    figures: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task_name: str
+    model_name: str
+    task: Any
+    model: Any
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config in the same shape the YAML files use."""
+        return {
+            "task": {"name": self.task_name, **dataclasses.asdict(self.task)},
+            "model": {"name": self.model_name, **dataclasses.asdict(self.model)},
+            "train": dataclasses.asdict(self.train),
+            "eval": dataclasses.asdict(self.eval),
+            "wandb": dataclasses.asdict(self.wandb),
+            "output": dataclasses.asdict(self.output),
+        }
+
+
+_SHARED_SECTIONS = {
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "wandb": WandbConfig,
+    "output": OutputConfig,
+}
+SECTIONS = ("task", "model", *_SHARED_SECTIONS)
+
+
+def configs_dir() -> Path:
+    """The shipped `configs/`: inside the package in a wheel, beside it in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if candidate.is_dir():
+            return candidate
+    return here / "configs"
+
+
+def default_config_path(task: str, model: str) -> Path | None:
+    path = configs_dir() / task / f"{model}.yaml"
+    return path if path.is_file() else None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0]
+        raise UserError(f"config file {path} is not valid YAML: {first}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections, got {data!r}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=c` → (['a', 'b'], c parsed as a YAML scalar)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set expects KEY.PATH=VALUE, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; `update` wins."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve(
+    task: str | None = None,
+    model: str | None = None,
+    config_file: Path | None = None,
+    overrides: list[str] = (),
+) -> RunConfig:
+    """Build the run config: defaults ← configs/<task>/<model>.yaml or --config ← --set."""
+    raw: dict[str, Any] = read_yaml(config_file) if config_file else {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: dict[str, Any] = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        raw = merge(raw, nested)
+    unknown = set(raw) - set(SECTIONS)
+    if unknown:
+        bad = sorted(unknown)[0]
+        raise UserError(f"unknown config section {bad!r}; allowed: {', '.join(SECTIONS)}")
+    task_name = task or _section(raw, "task").get("name")
+    model_name = model or _section(raw, "model").get("name")
+    if not task_name:
+        raise UserError(f"no task given: use --task NAME (one of: {', '.join(TASKS.names())})")
+    if not model_name:
+        raise UserError(f"no model given: use --model NAME (one of: {', '.join(MODELS.names())})")
+    task_entry, model_entry = TASKS.get(task_name), MODELS.get(model_name)
+    if config_file is None:
+        default = default_config_path(task_name, model_name)
+        if default is not None:
+            raw = merge(read_yaml(default), raw)
+    task_raw = {k: v for k, v in _section(raw, "task").items() if k != "name"}
+    model_raw = {k: v for k, v in _section(raw, "model").items() if k != "name"}
+    sections = {
+        name: build(cls, _section(raw, name), name) for name, cls in _SHARED_SECTIONS.items()
+    }
+    return RunConfig(
+        task_name=task_name,
+        model_name=model_name,
+        task=build(task_entry.config, task_raw, "task"),
+        model=build(model_entry.config, model_raw, "model"),
+        **sections,
+    )
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name) or {}
+    if not isinstance(value, dict):
+        raise UserError(f"config section {name!r} must be a mapping, got {value!r}")
+    return value
+
+
+def build(cls: type, data: dict[str, Any], path: str) -> Any:
+    """Instantiate dataclass `cls` from `data`, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise UserError(f"config key {path!r} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            raise UserError(
+                f"unknown config key '{path}.{key}'; allowed: {', '.join(sorted(fields))}"
+            )
+    values = {key: coerce(value, hints[key], f"{path}.{key}") for key, value in data.items()}
+    return cls(**values)
+
+
+def coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against type `tp`, converting only where YAML is ambiguous."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in args:
+            return value
+        raise UserError(
+            f"config key {path!r} got {value!r}; choose from: {', '.join(map(str, args))}"
+        )
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, path)
+            except UserError as err:
+                errors.append(str(err))
+        raise UserError(
+            errors[0] if len(errors) == 1 else f"config key {path!r}: bad value {value!r}"
+        )
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {path!r} expects a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key {path!r} expects a mapping, got {value!r}")
+        return {k: coerce(v, args[1], f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path)
+    return _scalar(value, tp, path)
+
+
+def _scalar(value: Any, tp: type, path: str) -> Any:
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    if tp is str and isinstance(value, str):
+        return value
+    raise UserError(f"config key {path!r} expects {tp.__name__}, got {value!r}")

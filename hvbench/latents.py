@@ -1,0 +1,115 @@
+"""The latent toolkit every model shares: diagonal Gaussians, their KLs, and the
+per-group output structure that metrics and the leaderboard read.
+
+Every model returns a `ModelOutput` whose KL is split by latent *group* and,
+inside a group, by *unit* (a dense unit, or a channel of a spatial group with
+its KL summed over positions, as NVAE counts it). Metrics never special-case a
+model because of this one structure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from hvbench.likelihoods import soft_clamp
+
+LOG_2PI = math.log(2 * math.pi)
+# NVAE clamps μ and log σ to [−5, 5] so a KL cannot blow up under mixed precision.
+PARAM_BOUND = 5.0
+
+
+@dataclass
+class DiagonalGaussian:
+    """N(mu, diag(exp(log_sigma))²), parameters kept in fp32."""
+
+    mu: Tensor
+    log_sigma: Tensor
+
+    @classmethod
+    def from_params(cls, params: Tensor, dim: int = 1) -> DiagonalGaussian:
+        """Split a tensor of 2·D features along `dim` into a soft-clamped (μ, log σ)."""
+        mu, log_sigma = params.float().chunk(2, dim=dim)
+        return cls(soft_clamp(mu, PARAM_BOUND), soft_clamp(log_sigma, PARAM_BOUND))
+
+    @classmethod
+    def standard(cls, like: Tensor) -> DiagonalGaussian:
+        zeros = torch.zeros_like(like, dtype=torch.float32)
+        return cls(zeros, zeros)
+
+    def rsample(self) -> Tensor:
+        return self.mu + torch.exp(self.log_sigma) * torch.randn_like(self.mu)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """Element-wise log density."""
+        return (
+            -0.5 * ((z - self.mu) * torch.exp(-self.log_sigma)).square()
+            - self.log_sigma
+            - 0.5 * LOG_2PI
+        )
+
+
+def kl_divergence(q: DiagonalGaussian, p: DiagonalGaussian) -> Tensor:
+    """Element-wise analytic KL(q ‖ p) between diagonal Gaussians, in nats."""
+    var_ratio = torch.exp(2 * (q.log_sigma - p.log_sigma))
+    mean_term = ((q.mu - p.mu) * torch.exp(-p.log_sigma)).square()
+    return 0.5 * (var_ratio + mean_term - 1.0) - (q.log_sigma - p.log_sigma)
+
+
+def per_unit(elementwise: Tensor) -> Tensor:
+    """(B, D) stays; (B, C, H, W) → (B, C) summed over positions (a channel is a unit)."""
+    return elementwise.flatten(2).sum(-1) if elementwise.dim() > 2 else elementwise
+
+
+@dataclass
+class ModelOutput:
+    """What every model returns for a batch (DESIGN §3).
+
+    `kl_units[g]` is (B, units) in nats; `post_mean[g]` is E_q[z_g | x, parents]
+    for the sampled parents, (B, units) or (B, C, H, W); `px_params` are the
+    decoder's likelihood parameters (for reconstructions).
+    """
+
+    log_px: Tensor
+    kl_units: dict[str, Tensor]
+    post_mean: dict[str, Tensor]
+    px_params: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def kl(self) -> dict[str, Tensor]:
+        """KL per group, (B,) each."""
+        return {g: k.sum(-1) for g, k in self.kl_units.items()}
+
+    @property
+    def kl_total(self) -> Tensor:
+        return torch.stack(list(self.kl.values()), dim=0).sum(0)
+
+    @property
+    def elbo(self) -> Tensor:
+        """The true per-example bound: no weights, schedules or free bits."""
+        return self.log_px - self.kl_total
+
+
+class GaussianParams(nn.Module):
+    """A linear (dense) or 1×1-conv (spatial) map from features to (μ, log σ)."""
+
+    def __init__(self, in_features: int, units: int, spatial: bool = False):
+        super().__init__()
+        self.proj = (nn.Conv2d if spatial else nn.Linear)(
+            in_features, 2 * units, **({"kernel_size": 1} if spatial else {})
+        )
+
+    def forward(self, h: Tensor) -> DiagonalGaussian:
+        return DiagonalGaussian.from_params(self.proj(h), dim=1)
+
+
+def merge_precision_weighted(a: DiagonalGaussian, b: DiagonalGaussian) -> DiagonalGaussian:
+    """Product of two Gaussians, renormalised (the Ladder VAE posterior, Sønderby 2016)."""
+    prec_a, prec_b = torch.exp(-2 * a.log_sigma), torch.exp(-2 * b.log_sigma)
+    var = 1.0 / (prec_a + prec_b)
+    mu = (a.mu * prec_a + b.mu * prec_b) * var
+    return DiagonalGaussian(mu, 0.5 * torch.log(var))
