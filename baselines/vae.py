@@ -37,6 +37,8 @@ def halving_sizes(height: int, width: int) -> list[tuple[int, int]]:
 
 
 class VAE(nn.Module):
+    posterior_mean_is_exact = True  # E_q[z|x] is the encoder mean: no Monte Carlo needed
+
     def __init__(self, cfg: VAEConfig, spec: TaskSpec):
         super().__init__()
         channels, height, width = spec.shape

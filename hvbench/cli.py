@@ -1,0 +1,135 @@
+"""Command line: `hvbench run | list | leaderboard | data prepare`.
+
+Works the same as `python -m hvbench`, under `accelerate launch -m hvbench`
+and under `torchrun -m hvbench`. Bad input (a `UserError`) prints one line and
+exits with status 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from hvbench.errors import UserError
+
+
+def _run(args: argparse.Namespace) -> None:
+    from hvbench.config import resolve
+    from hvbench.run import execute
+
+    shortcuts = {
+        "precision": "train.precision",
+        "seed": "train.seed",
+        "steps": "train.steps",
+        "wandb": "wandb.mode",
+        "out": "output.root",
+    }
+    overrides = [
+        f"{key}={getattr(args, name)}"
+        for name, key in shortcuts.items()
+        if getattr(args, name) is not None
+    ]
+    cfg = resolve(args.task, args.model, args.config, overrides + args.set)
+    run_dir = execute(cfg)
+    Console().print(f"run finished: [bold]{run_dir}[/bold]")
+
+
+def _list(args: argparse.Namespace) -> None:
+    from hvbench.registry import MODELS, TASKS
+
+    console = Console()
+    for registry in (TASKS, MODELS):
+        table = Table(title=f"{registry.kind}s")
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        for entry in registry.entries():
+            table.add_row(entry.name, entry.description)
+        console.print(table)
+
+
+def _leaderboard(args: argparse.Namespace) -> None:
+    from hvbench.leaderboard import build, print_table
+
+    main, _ = build(Path(args.root))
+    print_table(main)
+    Console().print(f"wrote {Path(args.root) / 'leaderboard.md'} and .csv ({len(main)} runs)")
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from hvbench.config import build, parse_override
+    from hvbench.paths import cache_dir
+    from hvbench.registry import TASKS
+
+    entry = TASKS.get(args.task)
+    if entry.prepare is None:
+        raise UserError(f"task {args.task!r} needs no preparation (it is generated in memory)")
+    raw: dict = {}
+    for text in args.set + ([f"task.source={args.source}"] if args.source else []):
+        keys, value = parse_override(text)
+        if keys[0] != "task" or len(keys) != 2:
+            raise UserError(f"data prepare only takes task.KEY=VALUE overrides, got {text!r}")
+        raw[keys[1]] = value
+    path = entry.prepare(build(entry.config, raw, "task"), cache_dir())
+    Console().print(f"prepared {args.task}: [bold]{path}[/bold]")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="hvbench", description="Benchmark hierarchical VAEs.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train and evaluate one model on one task")
+    run.add_argument("--task", help="task name (see `hvbench list`)")
+    run.add_argument("--model", help="model name (see `hvbench list`)")
+    run.add_argument(
+        "--config", type=Path, help="YAML run config (default: configs/<task>/<model>.yaml)"
+    )
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. train.steps=500 (repeatable)",
+    )
+    run.add_argument(
+        "--precision", choices=("no", "bf16", "fp16"), help="mixed precision (train.precision)"
+    )
+    run.add_argument("--seed", type=int, help="training seed (train.seed)")
+    run.add_argument("--steps", type=int, help="training steps (train.steps)")
+    run.add_argument(
+        "--wandb", choices=("auto", "online", "offline", "disabled"), help="W&B mode (wandb.mode)"
+    )
+    run.add_argument("--out", help="results root (output.root, default: results)")
+    run.set_defaults(func=_run)
+
+    listing = sub.add_parser("list", help="list registered tasks and models")
+    listing.set_defaults(func=_list)
+
+    board = sub.add_parser(
+        "leaderboard", help="rebuild results/leaderboard.{md,csv} from every run"
+    )
+    board.add_argument(
+        "--root", default="results", help="results root holding runs/ (default: results)"
+    )
+    board.set_defaults(func=_leaderboard)
+
+    data = sub.add_parser("data", help="dataset utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    prepare = data_sub.add_parser("prepare", help="build a task's on-disk cache once")
+    prepare.add_argument("--task", required=True)
+    prepare.add_argument("--source", help="path to the original data (sets task.source)")
+    prepare.add_argument("--set", action="append", default=[], metavar="task.KEY=VALUE")
+    prepare.set_defaults(func=_prepare)
+    return top
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as err:
+        print(f"hvbench: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,199 @@
+"""The leaderboard: rebuilt from every `metrics.json` on disk, never typed by hand.
+
+Rows carry their estimator, split and data source (DESIGN §6 provenance), so
+unlike numbers are never silently compared: a generated dSprites grid is shown
+as such, and bits/dim only appear where the data are discrete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from hvbench.atomic import write_text
+
+COLUMNS = (
+    ("task", "task"),
+    ("model", "model"),
+    ("run_id", "run"),
+    ("split", "split"),
+    ("elbo_nats", "ELBO (nats) ↑"),
+    ("nll_per_dim", "−ELBO per dim ↓"),
+    ("iwae_nats", "IWAE (nats) ↑"),
+    ("iwae_k", "k"),
+    ("active_units", "active/units"),
+    ("collapse_rate", "collapse ↓"),
+    ("kl_collapse_rate", "KL-collapse ↓"),
+    ("train_images_per_s", "train img/s"),
+    ("eval_images_per_s", "eval img/s"),
+    ("parameters", "params"),
+    ("device", "device"),
+    ("precision", "precision"),
+    ("steps", "steps"),
+    ("data_source", "data source"),
+)
+GROUP_COLUMNS = (
+    "task",
+    "model",
+    "run_id",
+    "split",
+    "group",
+    "units",
+    "active_units",
+    "collapse_rate",
+    "kl_collapse_rate",
+    "kl_nats",
+    "kl_share",
+)
+
+
+def load_runs(root: Path) -> list[dict[str, Any]]:
+    runs = []
+    for path in sorted((Path(root) / "runs").glob("*/*/*/metrics.json")):
+        try:
+            runs.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue  # a run still being written, or a foreign file: not a result
+    return runs
+
+
+def _report_split(run: dict[str, Any]) -> str:
+    """The split a run is ranked on: the last evaluation split (test unless the task says)."""
+    return run["run"]["eval_splits"][-1]
+
+
+def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for run in runs:
+        m, info, split = run["metrics"], run["run"], _report_split(run)
+        per_dim = m.get(f"{split}/elbo_nll_bpd")
+        unit = "bpd"
+        if per_dim is None:
+            per_dim, unit = m.get(f"{split}/elbo_nll_nats_per_dim"), "nats/dim"
+        out.append(
+            {
+                "task": run["task"],
+                "model": run["model"],
+                "run_id": run["run_id"],
+                "split": split,
+                "elbo_nats": m.get(f"{split}/elbo_nats"),
+                "nll_per_dim": per_dim,
+                "nll_unit": unit,
+                "iwae_nats": m.get(f"{split}/iwae_nats"),
+                "iwae_k": m.get(f"{split}/iwae_k"),
+                "active_units": f"{m.get(f'{split}/active_units')}/{m.get(f'{split}/units')}",
+                "collapse_rate": m.get(f"{split}/collapse_rate"),
+                "kl_collapse_rate": m.get(f"{split}/kl_collapse_rate"),
+                "train_images_per_s": m.get("perf/train_images_per_s"),
+                "eval_images_per_s": m.get(f"perf/{split}_eval_images_per_s"),
+                "parameters": m.get("perf/parameters"),
+                "device": f"{info['device']} ×{info['world_size']}",
+                "precision": info["precision"],
+                "steps": info["steps"],
+                "data_source": info["data_source"],
+            }
+        )
+    return sorted(
+        out,
+        key=lambda r: (r["task"], -(r["elbo_nats"] if r["elbo_nats"] is not None else -math.inf)),
+    )
+
+
+def group_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for run in runs:
+        split = _report_split(run)
+        m = run["metrics"]
+        for group in run["units"].get(split, {}):
+            out.append(
+                {
+                    "task": run["task"],
+                    "model": run["model"],
+                    "run_id": run["run_id"],
+                    "split": split,
+                    "group": group,
+                    **{k: m.get(f"{split}/{k}/{group}") for k in GROUP_COLUMNS[5:]},
+                }
+            )
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
+    if isinstance(value, int) and value >= 10_000:
+        return f"{value / 1e6:.2f} M" if value >= 1e6 else f"{value:,}"
+    return str(value)
+
+
+def _markdown(header: list[str], table: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table]
+    return "\n".join(lines)
+
+
+def _csv(fieldnames: list[str], records: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue()
+
+
+def build(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rebuild `leaderboard.md`, `leaderboard.csv` and `leaderboard_groups.csv` under `root`."""
+    runs = load_runs(root)
+    main, groups = rows(runs), group_rows(runs)
+    header = [title for _, title in COLUMNS]
+    md = [
+        "# hvbench leaderboard",
+        "",
+        "Rebuilt by `hvbench leaderboard` from every `results/runs/*/*/*/metrics.json`.",
+        "ELBO: single-sample bound averaged over the split; IWAE: importance-weighted bound with k samples.",
+        "−ELBO per dim is bits/dim for 8-bit data under a discrete likelihood, nats/dim otherwise.",
+        "collapse: 1 − active units (Var_x E_q[z_u] > 0.01); KL-collapse: units with mean KL < 0.01 nats.",
+        "",
+        _markdown(
+            header,
+            [
+                [
+                    _fmt(r[key])
+                    + (f" {r['nll_unit']}" if key == "nll_per_dim" and r[key] is not None else "")
+                    for key, _ in COLUMNS
+                ]
+                for r in main
+            ],
+        ),
+        "",
+        "## Latent groups",
+        "",
+        _markdown(list(GROUP_COLUMNS), [[_fmt(g[c]) for c in GROUP_COLUMNS] for g in groups]),
+        "",
+    ]
+    write_text(Path(root) / "leaderboard.md", "\n".join(md))
+    write_text(
+        Path(root) / "leaderboard.csv", _csv([key for key, _ in COLUMNS] + ["nll_unit"], main)
+    )
+    write_text(Path(root) / "leaderboard_groups.csv", _csv(list(GROUP_COLUMNS), groups))
+    return main, groups
+
+
+def print_table(main: list[dict[str, Any]], console: Console | None = None) -> None:
+    table = Table(title="hvbench leaderboard", show_lines=False)
+    shown = [c for c in COLUMNS if c[0] not in ("device", "data_source", "run_id")]
+    for _, title in shown:
+        table.add_column(title, overflow="fold")
+    for r in main:
+        table.add_row(*[_fmt(r[key]) for key, _ in shown])
+    (console or Console()).print(table)
