@@ -61,14 +61,16 @@ def evaluate_split(
     passes = _passes(model, cfg)
     sums: dict[str, Any] = {"elbo": [], "log_px": [], "kl": {}, "mean": {}}
     timed_images, timed_seconds = 0, 0.0
-    for b, start in enumerate(range(0, len(index), cfg.batch_size)):
+    starts = range(0, len(index), cfg.batch_size)
+    warmup = min(cfg.throughput_warmup, len(starts) - 1)  # always time at least one batch
+    for b, start in enumerate(starts):
         x = images[index[start : start + cfg.batch_size]].to(accelerator.device)
         t0 = time.perf_counter()
         outs = []
         for _ in range(passes):
             with accelerator.autocast():
                 outs.append(model(x))
-        if b >= cfg.throughput_warmup:
+        if b >= warmup:
             _sync(accelerator)
             timed_seconds += time.perf_counter() - t0
             timed_images += len(x) * passes

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -196,4 +197,5 @@ def print_table(main: list[dict[str, Any]], console: Console | None = None) -> N
         table.add_column(title, overflow="fold")
     for r in main:
         table.add_row(*[_fmt(r[key]) for key, _ in shown])
-    (console or Console()).print(table)
+    # a pipe or a log file gets the whole table rather than rich's 80-column default
+    (console or Console(width=None if sys.stdout.isatty() else 220)).print(table)

@@ -1,0 +1,86 @@
+"""Typed config: YAML + overrides, unknown keys and bad types rejected with one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hvbench.config import RunConfig, parse_override, resolve
+from hvbench.errors import UserError
+
+
+def test_default_config_file_is_applied() -> None:
+    cfg = resolve("toy-corr", "vae")
+    assert isinstance(cfg, RunConfig)
+    assert cfg.train.steps == 4000  # from configs/toy-corr/vae.yaml, not the dataclass default
+    assert cfg.task.correlation == 0.8
+
+
+def test_overrides_win_and_are_typed() -> None:
+    cfg = resolve(
+        "toy-corr", "vae", overrides=["train.lr=3e-4", "model.latent_dim=7", "task.correlation=0.5"]
+    )
+    assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.model.latent_dim == 7
+    assert cfg.task.correlation == 0.5
+
+
+def test_config_file_and_names_inside_it(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "task: {name: toy-uncorr, n_train: 64}\nmodel: {name: vae}\ntrain: {steps: 3}\n"
+    )
+    cfg = resolve(config_file=path)
+    assert (cfg.task_name, cfg.model_name, cfg.task.n_train, cfg.train.steps) == (
+        "toy-uncorr",
+        "vae",
+        64,
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("train.stepz=5", "unknown config key 'train.stepz'; allowed:"),
+        ("model.latent_dims=5", "unknown config key 'model.latent_dims'"),
+        ("optim.lr=1", "unknown config section 'optim'"),
+        ("train.steps=many", "config key 'train.steps' expects int, got 'many'"),
+        ("train.steps=1.5", "expects int"),
+        ("train.precision=fp8", "choose from: no, bf16, fp16"),
+        ("train.seed=true", "expects int"),
+        ("train", "--set expects KEY.PATH=VALUE"),
+    ],
+)
+def test_bad_overrides_name_the_key(override: str, fragment: str) -> None:
+    with pytest.raises(UserError, match=None) as err:
+        resolve("toy-corr", "vae", overrides=[override])
+    message = str(err.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_unknown_task_and_model_list_choices() -> None:
+    with pytest.raises(
+        UserError,
+        match=r"unknown task 'toy-cor' \(did you mean 'toy-corr'\?\); choose from: .*toy-uncorr",
+    ):
+        resolve("toy-cor", "vae")
+    with pytest.raises(UserError, match=r"unknown model 'vea'.*choose from: .*vae"):
+        resolve("toy-corr", "vea")
+
+
+def test_parse_override_reads_yaml_scalars() -> None:
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a=[1, 2]") == (["a"], [1, 2])
+    assert parse_override("a.b=null") == (["a", "b"], None)
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    import yaml
+
+    cfg = resolve("toy-corr", "vae", overrides=["train.steps=11"])
+    path = tmp_path / "saved.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert resolve(config_file=path) == cfg

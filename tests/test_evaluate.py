@@ -1,0 +1,126 @@
+"""The evaluator against a linear-Gaussian model, whose log-likelihood is known exactly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+from torch.distributions import MultivariateNormal
+
+from hvbench.config import EvalConfig
+from hvbench.evaluate import evaluate_split
+from hvbench.latents import DiagonalGaussian, ModelOutput, kl_divergence
+from hvbench.task import TaskData, TaskSpec
+
+D, LATENT, SIGMA = 4, 2, 0.5
+
+
+class LinearGaussian(nn.Module):
+    """z ~ N(0, I), x = Wz + b + σε. q(z|x) is the exact posterior with its sd scaled by `inflate`."""
+
+    posterior_mean_is_exact = True
+
+    def __init__(self, inflate: float):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = nn.Parameter(torch.randn(D, LATENT, generator=g))
+        self.b = nn.Parameter(torch.randn(D, generator=g))
+        self.inflate = inflate
+
+    def exact_log_px(self, x: Tensor) -> Tensor:
+        cov = self.w @ self.w.T + SIGMA**2 * torch.eye(D)
+        return MultivariateNormal(self.b, cov).log_prob(x.flatten(1))
+
+    def posterior(self, x: Tensor) -> DiagonalGaussian:
+        precision = torch.eye(LATENT) + self.w.T @ self.w / SIGMA**2
+        cov = torch.linalg.inv(precision)
+        mu = (x.flatten(1) - self.b) @ self.w @ cov.T / SIGMA**2
+        # the exact posterior is correlated; keep its marginal sds (times `inflate`) as a diagonal q
+        sd = cov.diagonal().sqrt() * self.inflate
+        return DiagonalGaussian(mu, sd.log().expand_as(mu))
+
+    def log_joint_minus_q(self, x: Tensor, z: Tensor, q: DiagonalGaussian) -> Tensor:
+        mean = z @ self.w.T + self.b
+        log_px = (
+            DiagonalGaussian(mean, torch.full_like(mean, math.log(SIGMA)))
+            .log_prob(x.flatten(1))
+            .sum(-1)
+        )
+        return log_px + DiagonalGaussian.standard(z).log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        q = self.posterior(x)
+        z = q.rsample()
+        mean = z @ self.w.T + self.b
+        log_px = (
+            DiagonalGaussian(mean, torch.full_like(mean, math.log(SIGMA)))
+            .log_prob(x.flatten(1))
+            .sum(-1)
+        )
+        kl = kl_divergence(q, DiagonalGaussian.standard(q.mu))
+        return ModelOutput(log_px=log_px, kl_units={"z": kl}, post_mean={"z": q.mu}, px_params=mean)
+
+    def log_weights(self, x: Tensor, k: int) -> Tensor:
+        q = self.posterior(x)
+        z = q.mu + q.log_sigma.exp() * torch.randn(k, *q.mu.shape)
+        return self.log_joint_minus_q(x, z, q).T
+
+
+def task_from(model: LinearGaussian, n: int) -> TaskData:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        x = torch.randn(n, LATENT) @ model.w.T + model.b + SIGMA * torch.randn(n, D)
+    return TaskData(
+        "linear-gaussian", TaskSpec((1, 2, 2), "gaussian"), {"test": x.view(n, 1, 2, 2)}, "test"
+    )
+
+
+@pytest.fixture(scope="module")
+def accelerator() -> Accelerator:
+    return Accelerator(cpu=True)
+
+
+def test_iwae_converges_to_the_exact_likelihood_and_bounds_it(accelerator: Accelerator) -> None:
+    model = LinearGaussian(inflate=1.6)
+    task = task_from(model, 400)
+    with torch.no_grad():
+        exact = float(model.exact_log_px(task.splits["test"]).mean())
+    bounds = {}
+    for k in (1, 10, 1000):
+        torch.manual_seed(2)
+        cfg = EvalConfig(batch_size=128, iwae_k=k, au_samples=1, throughput_warmup=0)
+        bounds[k] = evaluate_split(model, task, "test", accelerator, cfg).metrics
+    elbo = bounds[1]["test/elbo_nats"]
+    assert abs(bounds[1]["test/iwae_nats"] - elbo) < 0.1  # IWAE-1 is the ELBO in expectation
+    assert elbo < bounds[10]["test/iwae_nats"] < bounds[1000]["test/iwae_nats"] <= exact + 0.01
+    assert exact - bounds[1000]["test/iwae_nats"] < 0.1 * (exact - elbo)
+
+
+def test_exact_posterior_makes_every_bound_tight(accelerator: Accelerator) -> None:
+    model = LinearGaussian(inflate=1.0)
+    model.w.data[:, 1] = 0.0  # posterior factorises: the diagonal q is then exact
+    task = task_from(model, 200)
+    with torch.no_grad():
+        exact = float(model.exact_log_px(task.splits["test"]).mean())
+    metrics = evaluate_split(
+        model, task, "test", accelerator, EvalConfig(iwae_k=7, throughput_warmup=0)
+    ).metrics
+    assert metrics["test/iwae_nats"] == pytest.approx(exact, abs=1e-4)
+    assert metrics["test/elbo_nats"] == pytest.approx(
+        exact, abs=0.15
+    )  # single-sample ELBO: noisy, unbiased
+    assert metrics["test/active_units/z"] == 1 and metrics["test/collapse_rate/z"] == 0.5
+
+
+def test_nonfinite_examples_are_counted_not_dropped(accelerator: Accelerator) -> None:
+    model = LinearGaussian(inflate=1.0)
+    task = task_from(model, 50)
+    task.splits["test"][3] = float("nan")
+    metrics = evaluate_split(
+        model, task, "test", accelerator, EvalConfig(iwae_k=0, throughput_warmup=0)
+    ).metrics
+    assert metrics["test/nonfinite_examples"] == 1
+    assert math.isnan(metrics["test/elbo_nats"])
