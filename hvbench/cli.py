@@ -34,8 +34,7 @@ def _run(args: argparse.Namespace) -> None:
         if getattr(args, name) is not None
     ]
     cfg = resolve(args.task, args.model, args.config, overrides + args.set)
-    run_dir = execute(cfg)
-    Console().print(f"run finished: [bold]{run_dir}[/bold]")
+    execute(cfg)
 
 
 def _list(args: argparse.Namespace) -> None:

@@ -6,6 +6,7 @@ testable on its own. Only the main process writes files or talks to W&B.
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import time
@@ -33,7 +34,7 @@ from hvbench.train import train
 def execute(cfg: RunConfig) -> Path:
     """Train and evaluate one (task, model, config, seed); return the run folder."""
     started = time.time()
-    accelerator = Accelerator(mixed_precision=cfg.train.precision)
+    accelerator = make_accelerator(cfg.train.precision)
     set_seed(cfg.train.seed)
     task = TASKS.get(cfg.task_name).build(cfg.task, cache_dir())
     _check_splits(task)
@@ -110,8 +111,16 @@ def execute(cfg: RunConfig) -> Path:
         tracker.finish(exit_code=1)
         raise
     accelerator.wait_for_everyone()
+    accelerator.print(f"run finished: {run_dir}")
     accelerator.end_training()
     return run_dir
+
+
+def make_accelerator(precision: str) -> Accelerator:
+    """Accelerate's own device choice, except that torchrun on a machine without CUDA gets
+    CPU processes joined by gloo (Accelerate only does that when told `cpu=True`)."""
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=precision, cpu=multi_process and not torch.cuda.is_available())
 
 
 def _check_splits(task: TaskData) -> None:
