@@ -1,4 +1,4 @@
-"""Command line: `hvbench run | list | leaderboard | data prepare`.
+"""Command line: `hvbench run | list | leaderboard | bench | data prepare`.
 
 Works the same as `python -m hvbench`, under `accelerate launch -m hvbench`
 and under `torchrun -m hvbench`. Bad input (a `UserError`) prints one line and
@@ -76,6 +76,53 @@ def _prepare(args: argparse.Namespace) -> None:
     Console().print(f"prepared {args.task}: [bold]{path}[/bold]")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from hvbench.bench import measure
+    from hvbench.config import build, merge, parse_override, read_yaml
+    from hvbench.registry import MODELS
+    from hvbench.task import TaskSpec
+
+    raw = read_yaml(args.config).get("model", {}) if args.config else {}
+    for text in args.set:
+        keys, value = parse_override(text)
+        if keys[0] != "model" or len(keys) != 2:
+            raise UserError(f"bench only takes model.KEY=VALUE overrides, got {text!r}")
+        raw = merge(raw, {keys[1]: value})
+    name = args.model or raw.get("name")
+    if not name:
+        raise UserError(f"no model given: use --model NAME (one of: {', '.join(MODELS.names())})")
+    entry = MODELS.get(name)
+    try:
+        shape = tuple(int(v) for v in args.shape.lower().replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise UserError(f"--shape must be C,H,W (e.g. 1,28,28), got {args.shape!r}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = TaskSpec(shape=shape, likelihood=args.likelihood)
+    model = entry.build(
+        build(entry.config, {k: v for k, v in raw.items() if k != "name"}, "model"), spec
+    )
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    result = measure(
+        name,
+        model,
+        spec,
+        args.batch,
+        args.steps,
+        args.warmup,
+        not args.eval,
+        device,
+        args.precision,
+    )
+    print(json.dumps(result.as_dict()))
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="hvbench", description="Benchmark hierarchical VAEs.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -114,6 +161,23 @@ def parser() -> argparse.ArgumentParser:
         "--root", default="results", help="results root holding runs/ (default: results)"
     )
     board.set_defaults(func=_leaderboard)
+
+    bench = sub.add_parser("bench", help="time a model's train or eval steps on synthetic data")
+    bench.add_argument("--model", help="model name (default: the config's model.name)")
+    bench.add_argument("--config", type=Path, help="YAML whose model section builds the model")
+    bench.add_argument("--set", action="append", default=[], metavar="model.KEY=VALUE")
+    bench.add_argument("--shape", default="1,28,28", help="input C,H,W (default 1,28,28)")
+    bench.add_argument(
+        "--likelihood", choices=("bernoulli", "gaussian", "dlogistic"), default="bernoulli"
+    )
+    bench.add_argument("--batch", type=int, default=64)
+    bench.add_argument("--steps", type=int, default=20)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--eval", action="store_true", help="time forward passes without gradients")
+    bench.add_argument("--precision", choices=("no", "bf16", "fp16"), default="no")
+    bench.add_argument("--threads", type=int, help="torch CPU threads")
+    bench.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    bench.set_defaults(func=_bench)
 
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)

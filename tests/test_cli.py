@@ -121,3 +121,27 @@ def test_existing_run_folder_is_never_overwritten(smoke_run: tuple[Path, Path]) 
     result = run_cli("run", "--config", SMOKE, "--set", f"output.run_id={run_dir.name}", cwd=cwd)
     assert result.returncode == 2 and "already exists" in result.stderr
     assert (run_dir / "metrics.json").read_bytes() == before
+
+
+def test_bench_prints_one_json_line(tmp_path: Path) -> None:
+    result = run_cli(
+        "bench",
+        "--model",
+        "vae",
+        "--shape",
+        "1,28,28",
+        "--batch",
+        "8",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (
+        record["shape"] == [1, 28, 28] and record["mode"] == "train" and record["images_per_s"] > 0
+    )
+    bad = run_cli("bench", "--model", "vae", "--shape", "1,28", cwd=tmp_path)
+    assert bad.returncode == 2 and "--shape must be C,H,W" in bad.stderr

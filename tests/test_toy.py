@@ -6,10 +6,10 @@ import math
 from pathlib import Path
 
 import torch
-from hvbench.tasks.toy import DAG, FACTORS, score_covariance
 
 from hvbench.config import build
 from hvbench.registry import TASKS
+from hvbench.tasks.toy import DAG, FACTORS, score_covariance
 
 
 def load(name: str, **options):
