@@ -108,7 +108,7 @@ def kl_per_unit(units: dict[str, dict[str, list[float]]], threshold: float, path
     ax.set_yscale("symlog", linthresh=threshold)
     ax.set_xlabel("latent unit (spatial groups: one bar per channel)")
     ax.set_ylabel("KL (nats)")
-    ax.legend(fontsize=7, ncol=min(6, len(units) + 1))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
