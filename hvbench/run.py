@@ -6,6 +6,7 @@ testable on its own. Only the main process writes files or talks to W&B.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
@@ -120,7 +121,9 @@ def make_accelerator(precision: str) -> Accelerator:
     """Accelerate's own device choice, except that torchrun on a machine without CUDA gets
     CPU processes joined by gloo (Accelerate only does that when told `cpu=True`)."""
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(mixed_precision=precision, cpu=multi_process and not torch.cuda.is_available())
+    return Accelerator(
+        mixed_precision=precision, cpu=multi_process and not torch.cuda.is_available()
+    )
 
 
 def _check_splits(task: TaskData) -> None:
@@ -170,11 +173,7 @@ def _run_info(
 
 def _json_number(value: Any) -> Any:
     """JSON has no NaN/inf: a non-finite metric is written as null (and counted elsewhere)."""
-    return (
-        value
-        if not isinstance(value, float) or (value == value and abs(value) != float("inf"))
-        else None
-    )
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 @torch.no_grad()
