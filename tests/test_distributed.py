@@ -12,9 +12,20 @@ from tests.conftest import CONFIGS
 
 
 def test_torchrun_two_processes_share_one_run(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "hvbench", "run"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "hvbench",
+        "run",
+    ]
     command += ["--config", str(CONFIGS / "smoke" / "toy-vae.yaml"), "--set", "task.n_test=255"]
-    result = subprocess.run(command, cwd=tmp_path, env=os.environ.copy(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        command, cwd=tmp_path, env=os.environ.copy(), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     runs = list((tmp_path / "results" / "runs" / "toy-corr" / "vae").iterdir())
     assert len(runs) == 1  # one folder, written by the main process only
@@ -26,9 +37,20 @@ def test_torchrun_two_processes_share_one_run(tmp_path: Path) -> None:
 
 
 def test_accelerate_launch_runs_the_module(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "-m", "hvbench", "run"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "-m",
+        "hvbench",
+        "run",
+    ]
     command += ["--config", str(CONFIGS / "smoke" / "toy-vae.yaml")]
-    result = subprocess.run(command, cwd=tmp_path, env=os.environ.copy(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        command, cwd=tmp_path, env=os.environ.copy(), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = (tmp_path / "results" / "runs" / "toy-corr" / "vae").iterdir()
     assert (run / "metrics.json").is_file()
