@@ -10,12 +10,13 @@ model because of this one structure.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from hvbench.likelihoods import soft_clamp
+from hvbench.likelihoods import LikelihoodHead, soft_clamp
 
 LOG_2PI = math.log(2 * math.pi)
 # NVAE clamps μ and log σ to [−5, 5] so a KL cannot blow up under mixed precision.
@@ -113,3 +114,84 @@ def merge_precision_weighted(a: DiagonalGaussian, b: DiagonalGaussian) -> Diagon
     var = 1.0 / (prec_a + prec_b)
     mu = (a.mu * prec_a + b.mu * prec_b) * var
     return DiagonalGaussian(mu, 0.5 * torch.log(var))
+
+
+@dataclass
+class LatentSample:
+    """One latent group's draw z ~ q, with the q and p it was drawn against.
+
+    `analytic` says whether the group's KL term may be taken in closed form,
+    E_q[log q(z) − log p(z)] = KL(q ‖ p). That holds only when everything p is
+    conditioned on was drawn *before* z in the inference order (a top-down
+    posterior: Ladder VAE, BIVA's top-down path). Bottom-up inference (a VAE
+    stack, BIVA's bottom-up path) draws z_i before the z_{i+1} its prior reads,
+    so there the term is the single-sample estimate log q(z) − log p(z):
+    unbiased, but it can be negative for one example.
+    """
+
+    z: Tensor
+    q: DiagonalGaussian
+    p: DiagonalGaussian
+    analytic: bool = True
+
+    def kl_units(self) -> Tensor:
+        """(B, units) KL term in nats; a spatial group's unit is a channel."""
+        if self.analytic:
+            return per_unit(kl_divergence(self.q, self.p))
+        return per_unit(self.q.log_prob(self.z) - self.p.log_prob(self.z))
+
+    def log_ratio(self) -> Tensor:
+        """(B,) log p(z) − log q(z): this group's factor of an importance weight."""
+        return (self.p.log_prob(self.z) - self.q.log_prob(self.z)).flatten(1).sum(1)
+
+
+def draw(q: DiagonalGaussian, p: DiagonalGaussian, analytic: bool = True) -> LatentSample:
+    """Sample z ~ q (reparameterised) and keep q and p for the group's KL."""
+    return LatentSample(q.rsample(), q, p, analytic)
+
+
+def hierarchy_output(
+    head: LikelihoodHead, x: Tensor, px_params: Tensor, groups: dict[str, LatentSample]
+) -> ModelOutput:
+    """The `ModelOutput` of one ancestral pass through a hierarchy of latent groups."""
+    return ModelOutput(
+        log_px=head.log_prob(px_params, head.prepare(x)),
+        kl_units={g: s.kl_units() for g, s in groups.items()},
+        post_mean={g: s.q.mu for g, s in groups.items()},
+        px_params=px_params,
+    )
+
+
+def log_weight(log_px: Tensor, groups: dict[str, LatentSample]) -> Tensor:
+    """(B,) log p(x, z) − log q(z | x) for one ancestral draw of every group."""
+    return log_px + torch.stack([s.log_ratio() for s in groups.values()]).sum(0)
+
+
+def log_weights_in_chunks(
+    draw_log_weights: Callable[[int], Tensor], batch: int, k: int, max_rows: int = 512
+) -> Tensor:
+    """(B, k) importance log weights, asking `draw_log_weights(j) -> (B, j)` for at most
+    `max_rows` decoded images at a time, so memory stays flat whatever k and B the
+    evaluator asks for (its chunks are sized for a flat VAE's tiny activations)."""
+    per_call = max(1, max_rows // batch)
+    return torch.cat(
+        [draw_log_weights(min(per_call, k - done)) for done in range(0, k, per_call)], dim=1
+    )
+
+
+def rerun_log_weights(
+    hierarchy: Callable[[Tensor], tuple[Tensor, dict[str, LatentSample]]],
+    head: LikelihoodHead,
+    x: Tensor,
+    k: int,
+) -> Tensor:
+    """(B, k) log weights of a model whose inference itself samples (a bottom-up latent):
+    each draw reruns `hierarchy` (x → decoder parameters, groups) on x repeated."""
+
+    def draws(j: int) -> Tensor:
+        xs = x.repeat(j, *[1] * (x.dim() - 1))
+        px_params, groups = hierarchy(xs)
+        log_px = head.log_prob(px_params, head.prepare(xs))
+        return log_weight(log_px, groups).view(j, len(x)).t()
+
+    return log_weights_in_chunks(draws, len(x), k)

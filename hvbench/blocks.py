@@ -1,0 +1,319 @@
+"""Deterministic layers the hierarchical baselines share: BIVA's gated residual
+conv block, a *stage* (a stack of them between two latent layers), and the
+maps between a stage's feature map and its latent group.
+
+The layout follows the official BIVA code (`biva-pytorch`), whose `VaeStage`,
+`LvaeStage` and `BivaStage` differ only in how a stage infers its latents: the
+deterministic stacks, the dense/spatial latent heads and the generative skip
+connections are the same, so they live here once. Shapes are fixed when a model
+is built (the task gives the input shape), so every block is told its input,
+skip and output sizes instead of guessing them at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from hvbench.errors import UserError
+from hvbench.latents import DiagonalGaussian, GaussianParams
+
+Shape = tuple[int, int, int]  # (C, H, W)
+Size = tuple[int, int]  # (H, W)
+Activation = Literal["elu", "relu", "silu"]
+ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+@dataclass(frozen=True)
+class StagesConfig:
+    """A stack of stages, bottom (next to x) to top; stage i ends in latent group z_{i+1}.
+
+    Each stage is `blocks` gated residual conv blocks of `filters` channels with
+    kernel `kernels[i]`; its last block downsamples by `strides[i]`. Lists are
+    per stage (same length as `latents`); `spatial` is one flag for every group
+    or one per group (a spatial group has `latents[i]` channels at the stage's
+    resolution, a dense group `latents[i]` units read from the whole map).
+    """
+
+    latents: tuple[int, ...] = (16, 8, 4)
+    spatial: bool | tuple[bool, ...] = False
+    filters: int = 16
+    blocks: int = 1
+    kernels: tuple[int, ...] = (3, 3, 3)
+    strides: tuple[int, ...] = (2, 2, 2)
+    activation: Activation = "elu"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        n = len(self.latents)
+        per_stage = {"kernels": self.kernels, "strides": self.strides}
+        if not isinstance(self.spatial, bool):
+            per_stage["spatial"] = self.spatial
+        for name, values in per_stage.items():
+            if len(values) != n:
+                raise UserError(
+                    f"model.{name} has {len(values)} entries {list(values)}, but model.latents "
+                    f"{list(self.latents)} defines {n} stages: give one per stage"
+                )
+        checks = {
+            "latents": all(u > 0 for u in self.latents) and n > 0,
+            "kernels": all(k % 2 == 1 for k in self.kernels),
+            "strides": all(s in (1, 2) for s in self.strides),
+            "filters": self.filters > 0,
+            "blocks": self.blocks > 0,
+            "dropout": 0.0 <= self.dropout < 1.0,
+        }
+        rules = {
+            "latents": "a non-empty list of positive sizes",
+            "kernels": "odd sizes",
+            "strides": "1 or 2",
+            "filters": "positive",
+            "blocks": "positive",
+            "dropout": "in [0, 1)",
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise UserError(f"model.{name} must be {rules[name]}, got {getattr(self, name)!r}")
+
+    def is_spatial(self, stage: int) -> bool:
+        return self.spatial if isinstance(self.spatial, bool) else self.spatial[stage]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage's shapes: what its bottom-up stack reads, each block's output size, its map."""
+
+    in_shape: Shape
+    kernel: int
+    sizes: tuple[Size, ...]  # output size of each block, bottom to top
+    shape: Shape  # the stage's feature map, which its latent group is read from
+    units: int
+    spatial: bool
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.units, *self.shape[1:]) if self.spatial else (self.units,)
+
+    @property
+    def up_sizes(self) -> tuple[Size, ...]:
+        """Output sizes of the mirrored (generative) stack: back to `in_shape`'s size."""
+        return (*reversed(self.sizes[:-1]), self.in_shape[1:])
+
+
+def plan_stages(cfg: StagesConfig, image: Shape) -> list[StagePlan]:
+    plans, in_shape = [], image
+    for i, units in enumerate(cfg.latents):
+        size = in_shape[1:]
+        last = tuple(-(-s // cfg.strides[i]) for s in size)  # 'same' padding rounds up
+        sizes = (*[size] * (cfg.blocks - 1), last)
+        shape = (cfg.filters, *last)
+        plans.append(StagePlan(in_shape, cfg.kernels[i], sizes, shape, units, cfg.is_spatial(i)))
+        in_shape = shape
+    return plans
+
+
+def _shrinks(size: Size, out: Size) -> bool:
+    return all(o <= s for o, s in zip(out, size, strict=True))
+
+
+def _stride(size: Size, out: Size) -> tuple[int, int]:
+    """Per-axis factor between two map sizes; 'same' padding rounds the smaller one up."""
+    if _shrinks(size, out):
+        return tuple(-(-s // o) for s, o in zip(size, out, strict=True))
+    if _shrinks(out, size):
+        return tuple(-(-o // s) for s, o in zip(size, out, strict=True))
+    raise ValueError(f"cannot resample a {size} map to {out}")
+
+
+def resample_conv(in_ch: int, out_ch: int, kernel: int, size: Size, out: Size) -> nn.Module:
+    """A k×k conv from a `size` map to an `out` map: 'same', strided down, or transposed up."""
+    pad, stride = kernel // 2, _stride(size, out)
+    if _shrinks(size, out):
+        return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=pad)
+    natural = ((s - 1) * st - 2 * pad + kernel for s, st in zip(size, stride, strict=True))
+    extra = tuple(o - n for o, n in zip(out, natural, strict=True))
+    return nn.ConvTranspose2d(
+        in_ch, out_ch, kernel, stride=stride, padding=pad, output_padding=extra
+    )
+
+
+def shortcut(in_ch: int, out_ch: int, size: Size, out: Size) -> nn.Module:
+    """The residual path: pooled down or repeated up to `out`, 1×1-projected if channels change."""
+    layers: list[nn.Module] = []
+    if out != size:
+        layers.append(
+            nn.AvgPool2d(3, _stride(size, out), padding=1, count_include_pad=False)
+            if _shrinks(size, out)
+            else nn.Upsample(size=out, mode="nearest")
+        )
+    if in_ch != out_ch:
+        layers.append(nn.Conv2d(in_ch, out_ch, 1, bias=False))
+    return nn.Sequential(*layers)
+
+
+class GatedResBlock(nn.Module):
+    """BIVA's gated resnet: y = r(x) + a ⊙ σ(b), (a, b) = conv₂(act(conv₁(act x) + s(act skip))).
+
+    The gate lets a block pass little at first and a deep stack train without
+    normalisation; the optional skip input is how BIVA wires one path into
+    another (bottom-up into top-down, a stage into the one below). Without a
+    residual (the first block on an image or a latent projection) the input is
+    used as it is, not activated.
+    """
+
+    def __init__(
+        self,
+        in_shape: Shape,
+        filters: int,
+        kernel: int,
+        out: Size,
+        *,
+        skip_shape: Shape | None = None,
+        residual: bool = True,
+        activation: Activation = "elu",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        channels, *size = in_shape
+        size = tuple(size)
+        self.act = ACTIVATIONS[activation]()
+        self.conv1 = nn.Conv2d(channels, filters, kernel, padding=kernel // 2)
+        self.skip = None
+        if skip_shape is not None:
+            skip_size = skip_shape[1:]
+            skip_kernel = 1 if skip_size == size else kernel
+            self.skip = resample_conv(skip_shape[0], filters, skip_kernel, skip_size, size)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = resample_conv(filters, 2 * filters, kernel, size, out)
+        self.shortcut = shortcut(channels, filters, size, out) if residual else None
+        self.out_shape: Shape = (filters, *out)
+
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        h = self.conv1(self.act(x) if self.shortcut is not None else x)
+        if self.skip is not None:
+            h = h + self.skip(self.act(skip))
+        a, b = self.conv2(self.dropout(self.act(h))).chunk(2, dim=1)
+        y = a * torch.sigmoid(b)
+        return y + self.shortcut(x) if self.shortcut is not None else y
+
+
+class ConvStack(nn.Module):
+    """One stage's deterministic path: gated blocks in a row, block j reading skip j if given.
+
+    Returns every block's output too: the generative stack of the stage above
+    hands them to the stage below as skips (the official code's pairing:
+    block j feeds block j).
+    """
+
+    def __init__(
+        self,
+        in_shape: Shape,
+        filters: int,
+        kernel: int,
+        sizes: Sequence[Size],
+        *,
+        skip_shapes: Sequence[Shape] | None = None,
+        first_residual: bool = True,
+        activation: Activation = "elu",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        blocks, shape = [], in_shape
+        for j, out in enumerate(sizes):
+            block = GatedResBlock(
+                shape,
+                filters,
+                kernel,
+                out,
+                skip_shape=skip_shapes[j] if skip_shapes else None,
+                residual=first_residual or j > 0,
+                activation=activation,
+                dropout=dropout,
+            )
+            blocks.append(block)
+            shape = block.out_shape
+        self.blocks = nn.ModuleList(blocks)
+        self.hidden_shapes: list[Shape] = [b.out_shape for b in blocks]
+        self.out_shape = shape
+
+    def forward(
+        self, x: Tensor, skips: Sequence[Tensor] | None = None
+    ) -> tuple[Tensor, list[Tensor]]:
+        hidden = []
+        for j, block in enumerate(self.blocks):
+            x = block(x, skips[j] if skips is not None else None)
+            hidden.append(x)
+        return x, hidden
+
+
+class LatentParams(nn.Module):
+    """act → (flatten for a dense group) → (μ, log σ): a latent group read from a stage's map.
+
+    A dense group reads the whole map through one linear layer, as the official
+    BIVA code does; a spatial one is a 1×1 conv at the map's resolution.
+    """
+
+    def __init__(self, shape: Shape, units: int, spatial: bool, activation: Activation):
+        super().__init__()
+        self.act = ACTIVATIONS[activation]()
+        self.spatial = spatial
+        features = shape[0] if spatial else shape[0] * shape[1] * shape[2]
+        self.params = GaussianParams(features, units, spatial)
+
+    def forward(self, h: Tensor) -> DiagonalGaussian:
+        h = self.act(h)
+        return self.params(h if self.spatial else h.flatten(1))
+
+
+class LatentToFeatures(nn.Module):
+    """A latent sample back to a stage-shaped map: linear + reshape (dense), 1×1 conv (spatial)."""
+
+    def __init__(self, units: int, shape: Shape, spatial: bool):
+        super().__init__()
+        self.shape = shape
+        self.proj = (
+            nn.Conv2d(units, shape[0], 1)
+            if spatial
+            else nn.Linear(units, shape[0] * shape[1] * shape[2])
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.proj(z).view(-1, *self.shape)
+
+
+class GenerativeStage(nn.Module):
+    """Top-down half of a stage: its latent sample → map → mirrored stack (reading the skips of
+    the stage above) → the map the stage below reads."""
+
+    def __init__(
+        self,
+        plan: StagePlan,
+        units: int,
+        skip_shapes: Sequence[Shape] | None,
+        activation: Activation,
+        dropout: float,
+    ):
+        super().__init__()
+        self.features = LatentToFeatures(units, plan.shape, plan.spatial)
+        self.stack = ConvStack(
+            plan.shape,
+            plan.shape[0],
+            plan.kernel,
+            plan.up_sizes,
+            skip_shapes=skip_shapes,
+            first_residual=False,
+            activation=activation,
+            dropout=dropout,
+        )
+
+    def forward(self, z: Tensor, skips: Sequence[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
+        return self.stack(self.features(z), skips)
+
+
+def output_layer(filters: int, out_channels: int, activation: Activation) -> nn.Module:
+    """act → 1×1 conv to the likelihood head's parameters (the official code's projection)."""
+    return nn.Sequential(ACTIVATIONS[activation](), nn.Conv2d(filters, out_channels, 1))
