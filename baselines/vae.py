@@ -4,6 +4,11 @@ The network is sized from the task's shape: stride-2 4×4 convs halve the image
 until it is at most 4×4, then two dense layers. For 1×64×64 binary images this
 is exactly the β-VAE net of Burgess et al. 2018 (4 × conv 32, 2 × FC 256,
 10 latents).
+
+With `stages` set it is instead the stacked VAE of the official BIVA code
+(`VaeStage`): one latent group per stage, inferred bottom-up (q(z_i | z_{i-1}),
+z_0 = x) with the same stages, skips and latent heads as `lvae` and `biva`, so
+the three compare like for like (configs/paper/vae.yaml).
 """
 
 from __future__ import annotations
@@ -13,7 +18,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hvbench.latents import DiagonalGaussian, ModelOutput, kl_divergence
+from hvbench.blocks import (
+    ConvStack,
+    GenerativeStage,
+    LatentParams,
+    LatentToFeatures,
+    StagePlan,
+    StagesConfig,
+    output_layer,
+    plan_stages,
+)
+from hvbench.latents import (
+    DiagonalGaussian,
+    LatentSample,
+    ModelOutput,
+    hierarchy_output,
+    kl_divergence,
+    rerun_log_weights,
+)
 from hvbench.likelihoods import get_likelihood
 from hvbench.registry import register_model
 from hvbench.task import TaskSpec
@@ -25,6 +47,8 @@ class VAEConfig:
     channels: int = 32  # conv width at every resolution (Burgess: 32)
     hidden: int = 256  # width of the two dense layers
     mixtures: int = 10  # logistic mixture components (dlogistic tasks only)
+    # set: the stacked VAE of the official BIVA code, and latent_dim/channels/hidden are unused
+    stages: StagesConfig | None = None
 
 
 def halving_sizes(height: int, width: int) -> list[tuple[int, int]]:
@@ -108,10 +132,97 @@ class VAE(nn.Module):
         return log_w.t()
 
 
+class StackedVAE(nn.Module):
+    """A VAE with one latent group per stage, inferred bottom-up and generated top-down.
+
+    z_i is drawn before the z_{i+1} its prior p(z_i | z_{i+1}) reads, so every
+    group but the top has the single-sample KL term (see `LatentSample`).
+    """
+
+    def __init__(self, cfg: StagesConfig, spec: TaskSpec, mixtures: int):
+        super().__init__()
+        self.spec = spec
+        self.head = get_likelihood(spec.likelihood, spec.shape[0], mixtures)
+        self.plans: list[StagePlan] = plan_stages(cfg, spec.shape)
+        act, drop, blocks = cfg.activation, cfg.dropout, cfg.blocks
+        self.up = nn.ModuleList(
+            ConvStack(
+                p.in_shape,
+                p.shape[0],
+                p.kernel,
+                p.sizes,
+                skip_shapes=[p.in_shape] * blocks if i else None,  # the stage below's features
+                first_residual=i > 0,
+                activation=act,
+                dropout=drop,
+            )
+            for i, p in enumerate(self.plans)
+        )
+        below = self.plans[:-1]
+        self.post = nn.ModuleList(
+            LatentParams(p.shape, p.units, p.spatial, act) for p in self.plans
+        )
+        self.features = nn.ModuleList(LatentToFeatures(p.units, p.shape, p.spatial) for p in below)
+        self.prior = nn.ModuleList(LatentParams(p.shape, p.units, p.spatial, act) for p in below)
+        down = [GenerativeStage(self.plans[-1], self.plans[-1].units, None, act, drop)]
+        for p in reversed(below):
+            down.append(GenerativeStage(p, p.units, down[-1].stack.hidden_shapes, act, drop))
+        self.down = nn.ModuleList(reversed(down))  # indexed bottom to top
+        self.out = output_layer(cfg.filters, self.head.out_channels, act)
+
+    def upward(self, x: Tensor) -> tuple[list[DiagonalGaussian], list[Tensor]]:
+        """q(z_i | z_{i-1}) and its draw, stage by stage from the data up."""
+        h, skip, posteriors, draws = self.head.prepare(x), None, [], []
+        for i, stack in enumerate(self.up):
+            features, _ = stack(h, None if skip is None else [skip] * len(stack.blocks))
+            posteriors.append(self.post[i](features))
+            draws.append(posteriors[-1].rsample())
+            if i < len(self.features):
+                h, skip = self.features[i](draws[-1]), features
+        return posteriors, draws
+
+    def downward(
+        self, up: tuple[list[DiagonalGaussian], list[Tensor]] | None, n: int
+    ) -> tuple[Tensor, dict[str, LatentSample]]:
+        """Generative pass z_L → x through the posterior draws in `up`, or prior draws without."""
+        top = self.plans[-1].latent_shape
+        device = next(self.parameters()).device
+        p = DiagonalGaussian.standard(torch.empty(n, *top, device=device))
+        groups: dict[str, LatentSample] = {}
+        d, skips = None, None
+        for i in reversed(range(len(self.plans))):
+            if d is not None:
+                p = self.prior[i](d)
+            if up is None:
+                z = p.rsample()
+            else:
+                z = up[1][i]
+                groups[f"z{i + 1}"] = LatentSample(z, up[0][i], p, analytic=d is None)
+            d, skips = self.down[i](z, skips)
+        return self.out(d), dict(reversed(groups.items()))
+
+    def hierarchy(self, x: Tensor) -> tuple[Tensor, dict[str, LatentSample]]:
+        """One posterior draw of every group: decoder parameters and each group's (z, q, p)."""
+        return self.downward(self.upward(x), len(x))
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        return hierarchy_output(self.head, x, *self.hierarchy(x))
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        return self.head.mean(self.downward(None, n)[0])
+
+    def log_weights(self, x: Tensor, k: int) -> Tensor:
+        """(B, k) log p(x, z) − log q(z | x) for k ancestral draws (inference reruns: it samples)."""
+        return rerun_log_weights(self.hierarchy, self.head, x, k)
+
+
 @register_model(
     "vae",
     config=VAEConfig,
     description="flat VAE, one Gaussian latent (Burgess et al. 2018 net at 64×64)",
 )
-def build_vae(cfg: VAEConfig, spec: TaskSpec) -> VAE:
+def build_vae(cfg: VAEConfig, spec: TaskSpec) -> VAE | StackedVAE:
+    if cfg.stages is not None:
+        return StackedVAE(cfg.stages, spec, cfg.mixtures)
     return VAE(cfg, spec)
