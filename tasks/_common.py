@@ -90,3 +90,33 @@ def read_meta(folder: Path) -> dict[str, Any] | None:
 
 def finish_cache(folder: Path, meta: dict[str, Any]) -> None:
     write_json(folder / "meta.json", meta)
+
+
+def open_hf_dataset(source: str) -> Any:
+    """A 🤗 `Dataset`/`DatasetDict` from a `save_to_disk` folder, or a hub id used offline.
+
+    A hub id never touches the network, whatever HF_HUB_OFFLINE says: its
+    snapshot is looked up with local_files_only=True and loaded as a local
+    folder, so a machine without network fails at once with a clear message.
+    """
+    import datasets  # import on use: it is slow, and most runs never need it
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        try:
+            return datasets.load_from_disk(str(path))
+        except FileNotFoundError:
+            raise UserError(
+                f"{path} is not a 🤗 dataset folder: save one with Dataset.save_to_disk"
+            ) from None
+    try:
+        snapshot = snapshot_download(source, repo_type="dataset", local_files_only=True)
+    except (LocalEntryNotFoundError, ValueError):  # ValueError: not a valid repo id
+        raise UserError(
+            f"{source!r} is neither a folder nor a 🤗 dataset in the local Hugging Face cache; "
+            f"fetch it once where there is network (huggingface-cli download --repo-type "
+            f"dataset {source}) or pass a folder written by save_to_disk"
+        ) from None
+    return datasets.load_dataset(snapshot)

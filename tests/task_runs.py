@@ -3,6 +3,10 @@
 Shared by the dataset tests so that a new model is trained on every dataset
 the moment it is registered. Each model keeps the sizes of its own smoke config
 (`configs/smoke/toy-<model>.yaml`) when it has one, else its defaults.
+
+Torch runs on one thread here (ONE_THREAD for subprocesses): on a shared 2-core
+machine, two OpenMP threads that wait on each other made these tiny steps
+10-40× slower than one.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from hvbench.config import read_yaml, resolve
 from hvbench.run import execute
 from tests.conftest import CONFIGS
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 TINY_BUDGET = {
     "train": {"steps": 3, "batch_size": 16, "eval_every": 3, "log_every": 1, "val_examples": 32},
     "eval": {
@@ -47,5 +53,10 @@ def train_briefly(task: dict[str, Any], model: str, root: Path) -> dict[str, Any
     config = root / "config.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump(raw))
-    run_dir = execute(resolve(config_file=config))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_dir = execute(resolve(config_file=config))
+    finally:
+        torch.set_num_threads(threads)
     return json.loads((run_dir / "metrics.json").read_text())

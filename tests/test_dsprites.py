@@ -28,7 +28,7 @@ from hvbench.tasks._sprites import (
 )
 from hvbench.tasks.dsprites import unpack
 from tests.conftest import CONFIGS, run_cli
-from tests.task_runs import train_briefly
+from tests.task_runs import ONE_THREAD, train_briefly
 
 GIF = Path(hvbench.tasks.__file__).parent / "data" / "dsprites.gif"
 ENTRY = TASKS.get("dsprites")
@@ -218,7 +218,7 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     result = run_cli(
         "run", "--config", str(config_file), "--wandb", "disabled",
         "--set", f"output.root={tmp_path / 'results'}",
-        cwd=tmp_path,
+        cwd=tmp_path, env=ONE_THREAD,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     (metrics,) = (tmp_path / "results" / "runs" / "dsprites" / "vae").glob("*/metrics.json")
