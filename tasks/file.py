@@ -1,0 +1,240 @@
+"""`file`: the user's own images, benchmarked without writing code.
+
+`--task file --set task.path=DATA.npz`, or a folder written by 🤗
+`save_to_disk`. Arrays (npz keys, or dataset columns):
+
+- `images` (required; a dataset may call it `image`): N×H×W or N×C×H×W.
+  Every value 0 or 1 (bool or any number type) → binary images, kept as uint8
+  {0, 1}, Bernoulli likelihood; other integers within 0..255 → 8-bit images,
+  uint8, discretised logistic likelihood (bits/dim); floating point →
+  continuous data, float32, Gaussian likelihood.
+- `factors` (optional): N×K ground truth, named by `factor_names` (K strings,
+  default factor0, factor1, …). In a dataset every other numeric column is a
+  factor named after it.
+- `split` (optional): N labels, train/val/test (validation and valid are read
+  as val) or 0/1/2. A DatasetDict's train/validation/test splits count as
+  labels. Without labels: a seeded split (`_common.seeded_split` with
+  task.seed, task.val_fraction, task.test_fraction).
+
+Anything else is refused with one line naming the bad value. The data source a
+run records is the sha256 of the validated arrays, so the same data carry the
+same name in either container.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hvbench.errors import UserError
+from hvbench.registry import register_task
+from hvbench.task import Likelihood, TaskData, TaskSpec
+from hvbench.tasks._common import SPLITS, open_hf_dataset, seeded_split
+
+ARRAYS = ("images", "factors", "factor_names", "split")
+SPLIT_ALIASES = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    path: str = ""  # an .npz file, or a folder written by 🤗 save_to_disk
+    val_fraction: float = 0.1  # used only when the data have no split labels
+    test_fraction: float = 0.1
+    seed: int = 0
+    discrete_factors: tuple[str, ...] = ()  # categorical factors, for the disentanglement metrics
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is not an .npz file (write one with numpy.savez)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except ValueError as err:  # object arrays, which would need unpickling
+        raise UserError(
+            f"{path}: {err} (store factor_names as np.array(names, dtype=str))"
+        ) from None
+
+
+def _decoded_images(images: Any, origin: str) -> np.ndarray:
+    """PIL images of one size → (N, H, W) or (N, C, H, W)."""
+    arrays = [np.asarray(image) for image in images]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise UserError(f"{origin}: images differ in size ({sorted(shapes)[:2]}, …)")
+    stacked = np.stack(arrays)
+    return stacked.transpose(0, 3, 1, 2) if stacked.ndim == 4 else stacked
+
+
+def _read_dataset(source: str) -> dict[str, np.ndarray]:
+    """A 🤗 Dataset or DatasetDict → the same arrays an npz would hold."""
+    import datasets
+
+    data = open_hf_dataset(source)
+    if isinstance(data, datasets.DatasetDict):
+        unknown = [name for name in data if name not in SPLIT_ALIASES]
+        if unknown:
+            raise UserError(f"{source}: split {unknown[0]!r} is none of train, validation, test")
+        labels = np.concatenate([np.full(len(d), name) for name, d in data.items()])
+        data = datasets.concatenate_datasets(list(data.values()))
+        if "split" in data.column_names:
+            raise UserError(f"{source}: give split labels as dataset splits or a column, not both")
+        arrays: dict[str, np.ndarray] = {"split": labels}
+    else:
+        arrays = {}
+    image_columns = [c for c in ("images", "image") if c in data.column_names]
+    if len(image_columns) != 1:
+        raise UserError(
+            f"{source}: needs one 'images' (or 'image') column, has {data.column_names}"
+        )
+    image = image_columns[0]
+    others = [c for c in data.column_names if c != image]
+    for name in others:
+        if not isinstance(data.features[name], datasets.Value):
+            raise UserError(f"{source}: column {name!r} is neither images, split nor a number")
+    columns = data.with_format("numpy", columns=others)[:] if others else {}
+    if isinstance(data.features[image], datasets.Image):
+        arrays["images"] = _decoded_images(data[image], source)
+    else:
+        arrays["images"] = data.with_format("numpy", columns=[image])[:][image]
+    if "split" in columns:
+        arrays["split"] = columns.pop("split")
+    if columns:
+        arrays["factors"] = np.stack([v.astype(np.float64) for v in columns.values()], 1)
+        arrays["factor_names"] = np.array(list(columns))
+    return arrays
+
+
+def _images(images: np.ndarray, origin: str) -> tuple[np.ndarray, Likelihood]:
+    """Validated (N, C, H, W) images and the likelihood their values call for."""
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4:
+        raise UserError(f"{origin}: images have shape {images.shape}; expected N×H×W or N×C×H×W")
+    if images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
+        raise UserError(
+            f"{origin}: images have shape {images.shape}, channels last?; expected N×C×H×W "
+            "(use images.transpose(0, 3, 1, 2))"
+        )
+    if images.dtype.kind not in "biuf" or images.size == 0:
+        raise UserError(
+            f"{origin}: images must be a non-empty bool or number array, got {images.dtype}"
+        )
+    if images.dtype.kind == "f" and not np.isfinite(images).all():
+        first = np.argwhere(~np.isfinite(images))[0]
+        raise UserError(
+            f"{origin}: image {first[0]} holds {images[tuple(first)]}, not a finite value"
+        )
+    if np.isin(images, (0, 1)).all():
+        return images.astype(np.uint8), "bernoulli"
+    if images.dtype.kind == "f":
+        return images.astype(np.float32), "gaussian"
+    if images.min() < 0 or images.max() > 255:
+        bad = images.min() if images.min() < 0 else images.max()
+        raise UserError(f"{origin}: integer images must lie in 0..255, found {bad}")
+    return images.astype(np.uint8), "dlogistic"
+
+
+def _factors(arrays: dict[str, np.ndarray], n: int, origin: str) -> tuple[np.ndarray | None, tuple]:
+    factors, names = arrays.get("factors"), arrays.get("factor_names")
+    if factors is None:
+        if names is not None:
+            raise UserError(f"{origin}: factor_names given without factors")
+        return None, ()
+    if factors.ndim != 2 or len(factors) != n or factors.dtype.kind not in "biuf":
+        raise UserError(
+            f"{origin}: factors have shape {factors.shape} and dtype {factors.dtype}; "
+            f"expected numbers of shape ({n}, K)"
+        )
+    if not np.isfinite(factors).all():
+        raise UserError(f"{origin}: factors hold a non-finite value")
+    k = factors.shape[1]
+    if names is None:
+        names = np.array([f"factor{i}" for i in range(k)])
+    if names.shape != (k,) or names.dtype.kind not in "US":
+        raise UserError(f"{origin}: factor_names must be {k} strings, got {names!r}")
+    labels = tuple(str(name) for name in names)
+    if len(set(labels)) != k:
+        raise UserError(f"{origin}: factor_names repeat a name: {labels}")
+    return factors.astype(np.float32), labels
+
+
+def _split(arrays: dict[str, np.ndarray], n: int, cfg: FileConfig, origin: str) -> dict:
+    """split name → row positions, from the labels or seeded."""
+    labels = arrays.get("split")
+    if labels is None:
+        return seeded_split(n, cfg.val_fraction, cfg.test_fraction, np.random.default_rng(cfg.seed))
+    if labels.shape != (n,):
+        raise UserError(f"{origin}: split has shape {labels.shape}, expected ({n},)")
+    if labels.dtype.kind in "US":
+        codes = np.array([SPLIT_ALIASES.get(str(v).lower(), -1) for v in labels])
+    elif labels.dtype.kind in "iu":
+        codes = np.where(np.isin(labels, (0, 1, 2)), labels, -1)
+    else:
+        raise UserError(f"{origin}: split labels must be strings or 0/1/2, got {labels.dtype}")
+    if (codes < 0).any():
+        first = int(np.argmax(codes < 0))
+        raise UserError(
+            f"{origin}: split label {labels[first].item()!r} at row {first} is none of "
+            "train/val/test (or 0/1/2)"
+        )
+    parts = {name: np.nonzero(codes == code)[0] for code, name in enumerate(SPLITS)}
+    empty = [name for name, rows in parts.items() if len(rows) == 0]
+    if empty:
+        raise UserError(f"{origin}: the split labels put no row in {empty[0]!r}")
+    return parts
+
+
+def _digest(images: np.ndarray, factors: np.ndarray | None, names: tuple, split: dict) -> str:
+    digest = hashlib.sha256(str((images.shape, images.dtype.str, names)).encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    if factors is not None:
+        digest.update(factors.tobytes())
+    for name in SPLITS:
+        digest.update(split[name].astype(np.int64).tobytes())
+    return digest.hexdigest()
+
+
+@register_task(
+    "file",
+    config=FileConfig,
+    description="your own images: task.path=DATA.npz or a 🤗 save_to_disk folder",
+)
+def load_file(cfg: FileConfig, cache_dir: Path) -> TaskData:
+    if not cfg.path:
+        raise UserError("task 'file' needs task.path=DATA.npz (or a 🤗 save_to_disk folder)")
+    path = Path(cfg.path).expanduser()
+    if not path.exists():
+        raise UserError(f"data file not found: {path}")
+    arrays = _read_dataset(str(path)) if path.is_dir() else _read_npz(path)
+    unknown = sorted(set(arrays) - set(ARRAYS))
+    if unknown:
+        raise UserError(f"{path}: unexpected array {unknown[0]!r}; allowed: {', '.join(ARRAYS)}")
+    if "images" not in arrays:
+        raise UserError(f"{path}: no 'images' array")
+    images, likelihood = _images(arrays["images"], str(path))
+    factors, names = _factors(arrays, len(images), str(path))
+    missing = [name for name in cfg.discrete_factors if name not in names]
+    if missing:
+        raise UserError(f"task.discrete_factors names {missing[0]!r}, not a factor of {path}")
+    split = _split(arrays, len(images), cfg, str(path))
+    if "split" in arrays:
+        how = "labelled split"
+    else:
+        how = f"seed={cfg.seed}, val={cfg.val_fraction}, test={cfg.test_fraction}"
+    factor_splits = {} if factors is None else {s: factors[r] for s, r in split.items()}
+    return TaskData(
+        name="file",
+        spec=TaskSpec(shape=tuple(images.shape[1:]), likelihood=likelihood),
+        splits={s: torch.from_numpy(images[rows]) for s, rows in split.items()},
+        factors={s: torch.from_numpy(f) for s, f in factor_splits.items()},
+        factor_names=names,
+        source=f"file {path.name} sha256:{_digest(images, factors, names, split)}({how})",
+        discrete_factors=tuple(cfg.discrete_factors),
+    )
