@@ -26,21 +26,23 @@ from torch import Tensor, nn
 from hvbench.blocks import (
     ConvStack,
     GatedResBlock,
-    GenerativeStage,
     LatentParams,
     LatentToFeatures,
+    Shape,
     StagePlan,
     StagesConfig,
+    generative_stages,
     output_layer,
     plan_stages,
 )
+from hvbench.errors import UserError
 from hvbench.latents import (
     DiagonalGaussian,
     LatentSample,
     ModelOutput,
     draw,
     hierarchy_output,
-    rerun_log_weights,
+    importance_log_weights,
 )
 from hvbench.likelihoods import get_likelihood
 from hvbench.registry import register_model
@@ -51,6 +53,16 @@ from hvbench.task import TaskSpec
 class BIVAConfig(StagesConfig):
     merge_kernel: int = 3  # kernel of the block merging TD features with d (official: 3)
     mixtures: int = 10  # logistic mixture components (dlogistic tasks only)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.merge_kernel % 2 == 0:
+            raise UserError(f"model.merge_kernel must be odd, got {self.merge_kernel}")
+
+
+def doubled(shape: Shape) -> Shape:
+    """Two paths' features side by side (BIVA concatenates BU and TD along channels)."""
+    return (2 * shape[0], *shape[1:])
 
 
 @dataclass
@@ -69,35 +81,37 @@ class BIVA(nn.Module):
         self.spec = spec
         self.head = get_likelihood(spec.likelihood, spec.shape[0], cfg.mixtures)
         self.plans: list[StagePlan] = plan_stages(cfg, spec.shape)
-        act, drop = cfg.activation, cfg.dropout
-        plans, below = self.plans, self.plans[:-1]
-        blocks = len(plans[0].sizes)
+        self._build_inference(cfg)
+        self._build_generative(cfg)
+        self.out = output_layer(cfg.filters, self.head.out_channels, cfg.activation)
 
-        def stack(i: int, skip: tuple[int, int, int] | None) -> ConvStack:
+    def _build_inference(self, cfg: BIVAConfig) -> None:
+        """Two bottom-up stacks per stage: BU reads both paths of the stage below as skip,
+        TD reads this stage's BU features; q(z_i^BU) per stage below the top, q(z_L) at it."""
+        act, drop, plans = cfg.activation, cfg.dropout, self.plans
+
+        def stack(i: int, skip: Shape | None) -> ConvStack:
             p = plans[i]
             return ConvStack(
                 p.in_shape,
                 p.shape[0],
                 p.kernel,
                 p.sizes,
-                skip_shapes=[skip] * blocks if skip else None,
+                skip_shapes=[skip] * cfg.blocks if skip else None,
                 first_residual=i > 0,
                 activation=act,
                 dropout=drop,
             )
 
-        def doubled(shape: tuple[int, int, int]) -> tuple[int, int, int]:
-            return (2 * shape[0], *shape[1:])
-
         self.bu = nn.ModuleList(
             stack(i, doubled(plans[i - 1].shape) if i else None) for i in range(len(plans))
         )
         self.td = nn.ModuleList(stack(i, p.shape) for i, p in enumerate(plans))
+        below, top = plans[:-1], plans[-1]
         self.bu_post = nn.ModuleList(LatentParams(p.shape, p.units, p.spatial, act) for p in below)
         self.bu_features = nn.ModuleList(
             LatentToFeatures(p.units, p.shape, p.spatial) for p in below
         )
-        top = plans[-1]
         self.top_merge = GatedResBlock(
             doubled(top.shape),
             top.shape[0],
@@ -107,6 +121,14 @@ class BIVA(nn.Module):
             dropout=drop,
         )
         self.top_post = LatentParams(top.shape, top.units, top.spatial, act)
+
+    def _build_generative(self, cfg: BIVAConfig) -> None:
+        """Per stage below the top: q(z_i^TD) from TD features merged with d, the priors of
+        both groups from d, and the generative stack reading [z_i^TD, z_i^BU]."""
+        act, drop, below, top = cfg.activation, cfg.dropout, self.plans[:-1], self.plans[-1]
+
+        def heads() -> nn.ModuleList:
+            return nn.ModuleList(LatentParams(p.shape, p.units, p.spatial, act) for p in below)
 
         self.td_merge = nn.ModuleList(
             GatedResBlock(
@@ -120,30 +142,29 @@ class BIVA(nn.Module):
             )
             for p in below
         )
-        self.td_post = nn.ModuleList(LatentParams(p.shape, p.units, p.spatial, act) for p in below)
-        self.td_prior = nn.ModuleList(LatentParams(p.shape, p.units, p.spatial, act) for p in below)
-        self.bu_prior = nn.ModuleList(LatentParams(p.shape, p.units, p.spatial, act) for p in below)
-        down = [GenerativeStage(top, top.units, None, act, drop)]
-        for p in reversed(below):
-            down.append(GenerativeStage(p, 2 * p.units, down[-1].stack.hidden_shapes, act, drop))
-        self.down = nn.ModuleList(reversed(down))  # indexed bottom to top
-        self.out = output_layer(cfg.filters, self.head.out_channels, act)
+        self.td_post, self.td_prior, self.bu_prior = heads(), heads(), heads()
+        units = [2 * p.units for p in below] + [top.units]  # [z_i^TD, z_i^BU] below the top
+        self.down = generative_stages(self.plans, units, act, drop)
 
-    def upward(self, x: Tensor) -> Upward:
-        """Both inference paths, bottom to top, drawing z_i^BU on the way."""
-        x_bu = x_td = self.head.prepare(x)
-        skip, up = None, Upward([], [], [], None)
-        for i, (bu, td) in enumerate(zip(self.bu, self.td, strict=True)):
-            h_bu, _ = bu(x_bu, None if skip is None else [skip] * len(bu.blocks))
-            h_td, _ = td(x_td, [h_bu] * len(td.blocks))
-            if i == len(self.plans) - 1:
-                break
+    def first_stage(self, x: Tensor) -> list[Tensor]:
+        """Stage 1's BU and TD features: deterministic in x, as nothing is sampled below them."""
+        h = self.head.prepare(x)
+        h_bu, _ = self.bu[0](h)
+        h_td, _ = self.td[0](h, [h_bu] * len(self.td[0].blocks))
+        return [h_bu, h_td]
+
+    def upward(self, first: list[Tensor]) -> Upward:
+        """Both inference paths above stage 1, drawing z_i^BU on the way up."""
+        (h_bu, h_td), up = first, Upward([], [], [], None)
+        for i in range(len(self.plans) - 1):
             q = self.bu_post[i](h_bu)
             up.bu_q.append(q)
             up.bu_z.append(q.rsample())
             up.td.append(h_td)
-            x_bu, x_td = self.bu_features[i](up.bu_z[-1]), h_td
             skip = torch.cat([h_bu, h_td], 1)
+            bu, td = self.bu[i + 1], self.td[i + 1]
+            h_bu, _ = bu(self.bu_features[i](up.bu_z[-1]), [skip] * len(bu.blocks))
+            h_td, _ = td(h_td, [h_bu] * len(td.blocks))
         up.top = self.top_post(self.top_merge(torch.cat([h_bu, h_td], 1)))
         return up
 
@@ -175,7 +196,10 @@ class BIVA(nn.Module):
 
     def hierarchy(self, x: Tensor) -> tuple[Tensor, dict[str, LatentSample]]:
         """One posterior draw of every group: decoder parameters and each group's (z, q, p)."""
-        return self.downward(self.upward(x), len(x))
+        return self._draw(self.first_stage(x), len(x))
+
+    def _draw(self, first: list[Tensor], n: int) -> tuple[Tensor, dict[str, LatentSample]]:
+        return self.downward(self.upward(first), n)
 
     def forward(self, x: Tensor) -> ModelOutput:
         return hierarchy_output(self.head, x, *self.hierarchy(x))
@@ -185,8 +209,9 @@ class BIVA(nn.Module):
         return self.head.mean(self.downward(None, n)[0])
 
     def log_weights(self, x: Tensor, k: int) -> Tensor:
-        """(B, k) log p(x, z) − log q(z | x) for k ancestral draws (inference reruns: it samples)."""
-        return rerun_log_weights(self.hierarchy, self.head, x, k)
+        """(B, k) log p(x, z) − log q(z | x); stage 1 runs once, the rest per draw (z^BU is
+        sampled on the way up)."""
+        return importance_log_weights(self.head, x, self.first_stage(x), self._draw, k)
 
 
 @register_model(

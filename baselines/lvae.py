@@ -22,10 +22,10 @@ from torch import Tensor, nn
 
 from hvbench.blocks import (
     ConvStack,
-    GenerativeStage,
     LatentParams,
     StagePlan,
     StagesConfig,
+    generative_stages,
     output_layer,
     plan_stages,
 )
@@ -35,8 +35,7 @@ from hvbench.latents import (
     ModelOutput,
     draw,
     hierarchy_output,
-    log_weight,
-    log_weights_in_chunks,
+    importance_log_weights,
     merge_precision_weighted,
 )
 from hvbench.likelihoods import get_likelihood
@@ -75,13 +74,7 @@ class LadderVAE(nn.Module):
         self.prior = nn.ModuleList(
             LatentParams(p.shape, p.units, p.spatial, act) for p in self.plans[:-1]
         )
-        down: list[GenerativeStage] = []
-        skip_shapes = None
-        for p in reversed(self.plans):
-            stage = GenerativeStage(p, p.units, skip_shapes, act, drop)
-            skip_shapes = stage.stack.hidden_shapes
-            down.append(stage)
-        self.down = nn.ModuleList(reversed(down))  # indexed bottom to top, like `up`
+        self.down = generative_stages(self.plans, [p.units for p in self.plans], act, drop)
         self.out = output_layer(cfg.filters, self.head.out_channels, act)
 
     def bottom_up(self, x: Tensor) -> list[Tensor]:
@@ -127,15 +120,7 @@ class LadderVAE(nn.Module):
 
     def log_weights(self, x: Tensor, k: int) -> Tensor:
         """(B, k) log p(x, z_1..L) − log q(z_1..L | x); the bottom-up pass runs once for all k."""
-        features, target = self.bottom_up(x), self.head.prepare(x)
-
-        def draws(j: int) -> Tensor:
-            repeat = [f.repeat(j, *[1] * (f.dim() - 1)) for f in features]
-            px_params, groups = self.top_down(repeat, len(x) * j)
-            log_px = self.head.log_prob(px_params, target.repeat(j, 1, 1, 1))
-            return log_weight(log_px, groups).view(j, len(x)).t()
-
-        return log_weights_in_chunks(draws, len(x), k)
+        return importance_log_weights(self.head, x, self.bottom_up(x), self.top_down, k)
 
 
 @register_model(

@@ -20,11 +20,11 @@ from torch import Tensor, nn
 
 from hvbench.blocks import (
     ConvStack,
-    GenerativeStage,
     LatentParams,
     LatentToFeatures,
     StagePlan,
     StagesConfig,
+    generative_stages,
     output_layer,
     plan_stages,
 )
@@ -33,8 +33,8 @@ from hvbench.latents import (
     LatentSample,
     ModelOutput,
     hierarchy_output,
+    importance_log_weights,
     kl_divergence,
-    rerun_log_weights,
 )
 from hvbench.likelihoods import get_likelihood
 from hvbench.registry import register_model
@@ -164,21 +164,18 @@ class StackedVAE(nn.Module):
         )
         self.features = nn.ModuleList(LatentToFeatures(p.units, p.shape, p.spatial) for p in below)
         self.prior = nn.ModuleList(LatentParams(p.shape, p.units, p.spatial, act) for p in below)
-        down = [GenerativeStage(self.plans[-1], self.plans[-1].units, None, act, drop)]
-        for p in reversed(below):
-            down.append(GenerativeStage(p, p.units, down[-1].stack.hidden_shapes, act, drop))
-        self.down = nn.ModuleList(reversed(down))  # indexed bottom to top
+        self.down = generative_stages(self.plans, [p.units for p in self.plans], act, drop)
         self.out = output_layer(cfg.filters, self.head.out_channels, act)
 
-    def upward(self, x: Tensor) -> tuple[list[DiagonalGaussian], list[Tensor]]:
-        """q(z_i | z_{i-1}) and its draw, stage by stage from the data up."""
-        h, skip, posteriors, draws = self.head.prepare(x), None, [], []
-        for i, stack in enumerate(self.up):
-            features, _ = stack(h, None if skip is None else [skip] * len(stack.blocks))
-            posteriors.append(self.post[i](features))
+    def upward(self, h: Tensor) -> tuple[list[DiagonalGaussian], list[Tensor]]:
+        """q(z_i | z_{i-1}) and its draw, stage by stage up from stage 1's features `h`."""
+        posteriors, draws = [], []
+        for i, post in enumerate(self.post):
+            posteriors.append(post(h))
             draws.append(posteriors[-1].rsample())
-            if i < len(self.features):
-                h, skip = self.features[i](draws[-1]), features
+            if i + 1 < len(self.up):
+                stack = self.up[i + 1]
+                h, _ = stack(self.features[i](draws[-1]), [h] * len(stack.blocks))
         return posteriors, draws
 
     def downward(
@@ -201,9 +198,16 @@ class StackedVAE(nn.Module):
             d, skips = self.down[i](z, skips)
         return self.out(d), dict(reversed(groups.items()))
 
+    def first_stage(self, x: Tensor) -> list[Tensor]:
+        """Stage 1's features: deterministic in x, as nothing is sampled below them."""
+        return [self.up[0](self.head.prepare(x))[0]]
+
     def hierarchy(self, x: Tensor) -> tuple[Tensor, dict[str, LatentSample]]:
         """One posterior draw of every group: decoder parameters and each group's (z, q, p)."""
-        return self.downward(self.upward(x), len(x))
+        return self._draw(self.first_stage(x), len(x))
+
+    def _draw(self, first: list[Tensor], n: int) -> tuple[Tensor, dict[str, LatentSample]]:
+        return self.downward(self.upward(first[0]), n)
 
     def forward(self, x: Tensor) -> ModelOutput:
         return hierarchy_output(self.head, x, *self.hierarchy(x))
@@ -213,8 +217,8 @@ class StackedVAE(nn.Module):
         return self.head.mean(self.downward(None, n)[0])
 
     def log_weights(self, x: Tensor, k: int) -> Tensor:
-        """(B, k) log p(x, z) − log q(z | x) for k ancestral draws (inference reruns: it samples)."""
-        return rerun_log_weights(self.hierarchy, self.head, x, k)
+        """(B, k) log p(x, z) − log q(z | x); stage 1 runs once, the rest per draw."""
+        return importance_log_weights(self.head, x, self.first_stage(x), self._draw, k)
 
 
 @register_model(

@@ -314,6 +314,19 @@ class GenerativeStage(nn.Module):
         return self.stack(self.features(z), skips)
 
 
+def generative_stages(
+    plans: Sequence[StagePlan], units: Sequence[int], activation: Activation, dropout: float
+) -> nn.ModuleList:
+    """Every stage's top-down half, indexed bottom to top (like the plans); each reads the
+    hidden maps of the stage above as skips. `units[i]`: what stage i's latent sample holds."""
+    stages: list[GenerativeStage] = []
+    skips = None
+    for plan, n in zip(reversed(plans), reversed(units), strict=True):
+        stages.append(GenerativeStage(plan, n, skips, activation, dropout))
+        skips = stages[-1].stack.hidden_shapes
+    return nn.ModuleList(reversed(stages))
+
+
 def output_layer(filters: int, out_channels: int, activation: Activation) -> nn.Module:
     """act → 1×1 conv to the likelihood head's parameters (the official code's projection)."""
     return nn.Sequential(ACTIVATIONS[activation](), nn.Conv2d(filters, out_channels, 1))

@@ -167,31 +167,29 @@ def log_weight(log_px: Tensor, groups: dict[str, LatentSample]) -> Tensor:
     return log_px + torch.stack([s.log_ratio() for s in groups.values()]).sum(0)
 
 
-def log_weights_in_chunks(
-    draw_log_weights: Callable[[int], Tensor], batch: int, k: int, max_rows: int = 512
-) -> Tensor:
-    """(B, k) importance log weights, asking `draw_log_weights(j) -> (B, j)` for at most
-    `max_rows` decoded images at a time, so memory stays flat whatever k and B the
-    evaluator asks for (its chunks are sized for a flat VAE's tiny activations)."""
-    per_call = max(1, max_rows // batch)
-    return torch.cat(
-        [draw_log_weights(min(per_call, k - done)) for done in range(0, k, per_call)], dim=1
-    )
-
-
-def rerun_log_weights(
-    hierarchy: Callable[[Tensor], tuple[Tensor, dict[str, LatentSample]]],
+def importance_log_weights(
     head: LikelihoodHead,
     x: Tensor,
+    features: list[Tensor],
+    draw_hierarchy: Callable[[list[Tensor], int], tuple[Tensor, dict[str, LatentSample]]],
     k: int,
+    max_rows: int = 512,
 ) -> Tensor:
-    """(B, k) log weights of a model whose inference itself samples (a bottom-up latent):
-    each draw reruns `hierarchy` (x → decoder parameters, groups) on x repeated."""
+    """(B, k) log p(x, z) − log q(z | x) for k ancestral draws of every latent group.
+
+    `features` are what inference computes from x before anything is sampled:
+    they are computed once and repeated, and `draw_hierarchy(repeated, j·B)`
+    draws the rest (returning decoder parameters and groups). At most
+    `max_rows` images are decoded at a time, so memory stays flat whatever k
+    and B the evaluator asks for (its chunks suit a flat VAE's tiny activations).
+    """
+    target, batch = head.prepare(x), len(x)
 
     def draws(j: int) -> Tensor:
-        xs = x.repeat(j, *[1] * (x.dim() - 1))
-        px_params, groups = hierarchy(xs)
-        log_px = head.log_prob(px_params, head.prepare(xs))
-        return log_weight(log_px, groups).view(j, len(x)).t()
+        repeated = [f.repeat(j, *[1] * (f.dim() - 1)) for f in features]
+        px_params, groups = draw_hierarchy(repeated, j * batch)
+        log_px = head.log_prob(px_params, target.repeat(j, *[1] * (target.dim() - 1)))
+        return log_weight(log_px, groups).view(j, batch).t()
 
-    return log_weights_in_chunks(draws, len(x), k)
+    per_call = max(1, max_rows // batch)
+    return torch.cat([draws(min(per_call, k - done)) for done in range(0, k, per_call)], dim=1)
