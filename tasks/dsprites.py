@@ -85,10 +85,15 @@ def _official_path(cfg: DSpritesConfig) -> Path:
     return path
 
 
-def cache_folder(cfg: DSpritesConfig, cache_dir: Path) -> Path:
+def _official_digest(cfg: DSpritesConfig) -> str:
+    return sha256_file(_official_path(cfg))
+
+
+def cache_folder(cfg: DSpritesConfig, cache_dir: Path, digest: str | None = None) -> Path:
+    """Where this source's grid is cached; `digest` saves re-hashing the official file."""
     if cfg.source is None:
         return Path(cache_dir) / "dsprites" / GENERATOR_VERSION.removeprefix("dsprites-")
-    digest = sha256_file(_official_path(cfg))
+    digest = digest or _official_digest(cfg)
     return Path(cache_dir) / "dsprites" / f"official-{digest[:16]}"
 
 
@@ -142,16 +147,16 @@ def _generate() -> np.ndarray:
 
 def prepare_dsprites(cfg: DSpritesConfig, cache_dir: Path) -> Path:
     """Build the bit-packed grid cache once (`hvbench data prepare --task dsprites`)."""
-    folder = cache_folder(cfg, cache_dir)
+    digest = None if cfg.source is None else _official_digest(cfg)
+    folder = cache_folder(cfg, cache_dir, digest)
     if read_meta(folder) is not None:
         return folder
-    if cfg.source is None:
+    if digest is None:
         packed, source = _generate(), GENERATOR_VERSION
         values = factor_values(factor_classes(np.arange(N_IMAGES)))
     else:
-        path = _official_path(cfg)
-        imgs, values = _read_official(path)
-        packed, source = _pack_official(imgs), f"dsprites-official-sha256:{sha256_file(path)}"
+        imgs, values = _read_official(_official_path(cfg))
+        packed, source = _pack_official(imgs), f"dsprites-official-sha256:{digest}"
     write_atomic(folder / "images.npy", lambda f: np.save(f, packed))
     write_atomic(folder / "factors.npy", lambda f: np.save(f, values))
     finish_cache(folder, {"source": source, "images": N_IMAGES, "layout": "np.packbits rows"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import hvbench.tasks
 from hvbench.config import build
 from hvbench.errors import UserError
 from hvbench.registry import MODELS, TASKS
+from hvbench.tasks._common import sha256_file
 from hvbench.tasks._sprites import (
     FACTOR_NAMES,
     GENERATOR_VERSION,
@@ -32,6 +34,9 @@ from tests.task_runs import ONE_THREAD, train_briefly
 
 GIF = Path(hvbench.tasks.__file__).parent / "data" / "dsprites.gif"
 ENTRY = TASKS.get("dsprites")
+full_data = pytest.mark.skipif(
+    os.environ.get("HVBENCH_BENCH") != "1", reason="needs 6 GB and ~20 s: set HVBENCH_BENCH=1"
+)
 
 
 def config(**options: object):
@@ -200,6 +205,30 @@ def test_a_file_that_is_not_the_official_npz_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(UserError, match="not the official dSprites file"):
         ENTRY.prepare(config(source=str(small)), tmp_path)
+
+
+@full_data
+def test_an_official_layout_file_is_read_packed_and_hashed(
+    grid_cache: Path, tmp_path: Path
+) -> None:
+    """An npz in the official layout (made from the generated grid) round-trips through prepare."""
+    packed = np.load(grid_cache / "images.npy")
+    classes = factor_classes(np.arange(N_IMAGES))
+    official = tmp_path / "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
+    np.savez_compressed(
+        official,
+        imgs=unpack(packed)[:, 0],
+        latents_classes=np.concatenate([np.zeros((N_IMAGES, 1), np.int64), classes], 1),
+        latents_values=np.concatenate([np.ones((N_IMAGES, 1)), factor_values(classes)], 1),
+        metadata=np.array([{"never": "unpickled"}], dtype=object),
+    )
+    folder = ENTRY.prepare(config(source=str(official)), tmp_path / "cache")
+    assert np.array_equal(np.load(folder / "images.npy"), packed)
+    assert folder.name == f"official-{sha256_file(official)[:16]}"
+    task = load(tmp_path / "cache", source=str(official), subset=500)
+    assert task.source.startswith(f"dsprites-official-sha256:{sha256_file(official)}(")
+    reference = load(Path("/nonexistent"), subset=500)
+    assert all(torch.equal(task.splits[s], reference.splits[s]) for s in task.splits)
 
 
 def test_cli_prepare_with_a_missing_source_exits_2(tmp_path: Path) -> None:
