@@ -308,6 +308,8 @@ def _current(cache_dir: Path) -> Path:
 
 def prepare_celeba(cfg: CelebAConfig, cache_dir: Path) -> Path:
     """Preprocess CelebA once into `$HVBENCH_CACHE/celeba/<key>/` (`hvbench data prepare`)."""
+    if cfg.workers < 0:
+        raise UserError(f"task.workers must be 0 (one per CPU core) or more, got {cfg.workers}")
     if cfg.source is None:
         pointer = _current(cache_dir)
         if not pointer.is_file():

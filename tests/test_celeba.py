@@ -165,6 +165,13 @@ def test_missing_data_is_one_line_naming_the_file(
     assert message.format(root=fake_copy) in str(err.value) and "\n" not in str(err.value)
 
 
+def test_bad_options_are_refused(fake: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"task\.workers must be 0 .* or more, got -1"):
+        ENTRY.prepare(config(source=str(fake[0]), workers=-1), tmp_path)
+    with pytest.raises(UserError, match=r"task\.max_per_split must be at least 1, got 0"):
+        ENTRY.build(config(source=str(fake[0]), max_per_split=0), tmp_path)
+
+
 def test_unprepared_celeba_says_what_to_download(tmp_path: Path) -> None:
     with pytest.raises(
         UserError, match=r"CelebA is not prepared yet: download img_align_celeba\.zip"
