@@ -316,6 +316,9 @@ def prepare_celeba(cfg: CelebAConfig, cache_dir: Path) -> Path:
             raise UserError(f"CelebA is not prepared yet: {HOW_TO_GET}")
         return pointer.parent / json.loads(pointer.read_text())["cache"]
     local = Path(cfg.source).expanduser()
+    hub_id = cfg.source.count("/") == 1 and not cfg.source.startswith(("/", ".", "~"))
+    if not local.exists() and not hub_id:
+        raise UserError(f"CelebA folder not found: {local}; {HOW_TO_GET}")
     origin = str(local.resolve()) if local.exists() else cfg.source
     key = hashlib.sha256(f"{PREPROCESSING}|{origin}".encode()).hexdigest()[:16]
     folder = Path(cache_dir) / "celeba" / key

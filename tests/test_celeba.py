@@ -172,6 +172,11 @@ def test_bad_options_are_refused(fake: tuple[Path, np.ndarray], tmp_path: Path) 
         ENTRY.build(config(source=str(fake[0]), max_per_split=0), tmp_path)
 
 
+def test_a_missing_folder_is_not_taken_for_a_hub_id(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=f"CelebA folder not found: {tmp_path}/gone; download"):
+        ENTRY.prepare(config(source=str(tmp_path / "gone")), tmp_path)
+
+
 def test_unprepared_celeba_says_what_to_download(tmp_path: Path) -> None:
     with pytest.raises(
         UserError, match=r"CelebA is not prepared yet: download img_align_celeba\.zip"
