@@ -59,25 +59,17 @@ class StagesConfig:
                     f"model.{name} has {len(values)} entries {list(values)}, but model.latents "
                     f"{list(self.latents)} defines {n} stages: give one per stage"
                 )
-        checks = {
-            "latents": all(u > 0 for u in self.latents) and n > 0,
-            "kernels": all(k % 2 == 1 for k in self.kernels),
-            "strides": all(s in (1, 2) for s in self.strides),
-            "filters": self.filters > 0,
-            "blocks": self.blocks > 0,
-            "dropout": 0.0 <= self.dropout < 1.0,
-        }
-        rules = {
-            "latents": "a non-empty list of positive sizes",
-            "kernels": "odd sizes",
-            "strides": "1 or 2",
-            "filters": "positive",
-            "blocks": "positive",
-            "dropout": "in [0, 1)",
-        }
-        for name, ok in checks.items():
+        rules = [
+            ("latents", n > 0 and min(self.latents) > 0, "a non-empty list of positive sizes"),
+            ("kernels", all(k % 2 == 1 for k in self.kernels), "odd sizes"),
+            ("strides", all(s in (1, 2) for s in self.strides), "1 or 2"),
+            ("filters", self.filters > 0, "positive"),
+            ("blocks", self.blocks > 0, "positive"),
+            ("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)"),
+        ]
+        for name, ok, rule in rules:
             if not ok:
-                raise UserError(f"model.{name} must be {rules[name]}, got {getattr(self, name)!r}")
+                raise UserError(f"model.{name} must be {rule}, got {getattr(self, name)!r}")
 
     def is_spatial(self, stage: int) -> bool:
         return self.spatial if isinstance(self.spatial, bool) else self.spatial[stage]
