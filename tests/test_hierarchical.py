@@ -7,7 +7,6 @@ through the registry from a config section, exactly as a run builds it.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,8 +21,8 @@ from hvbench.latents import (
 )
 from hvbench.registry import MODELS
 from hvbench.task import TaskSpec
+from tests.conftest import CONFIGS
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SMALL = {"latents": [4, 3, 2], "filters": 8, "kernels": [3, 3, 3], "strides": [2, 1, 2]}
 CASES = {
     "vae": ("vae", {}),  # the flat VAE
