@@ -89,7 +89,7 @@ def test_help(command: list[str], tmp_path: Path) -> None:
             ["--task", "toy-corrr", "--model", "vae"],
             "unknown task 'toy-corrr' (did you mean 'toy-corr'?); choose from:",
         ),
-        (["--task", "toy-corr", "--model", "ladder"], "unknown model 'ladder'; choose from:"),
+        (["--task", "toy-corr", "--model", "transformer"], "unknown model 'transformer'; choose from:"),
         (
             ["--config", SMOKE, "--set", "train.stepz=3"],
             "unknown config key 'train.stepz'; allowed:",
