@@ -88,6 +88,6 @@ class Registry:
 
 
 TASKS = Registry("task", ("hvbench.tasks",), "hvbench.tasks")
-MODELS = Registry("model", ("hvbench.baselines",), "hvbench.models")
+MODELS = Registry("model", ("hvbench.baselines", "hvbench.dagvae"), "hvbench.models")
 register_task = TASKS.register
 register_model = MODELS.register
