@@ -16,12 +16,19 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor
 
+from hvbench import disentanglement
 from hvbench.config import EvalConfig
 from hvbench.metrics import group_collapse, nats_to_bits_per_dim, unit_activity
 from hvbench.task import TaskData
 
 # importance samples decoded per call of log_weights: keeps IWAE memory flat in k
 IWAE_SAMPLES_PER_CALL = 4096
+DISENTANGLEMENT_METRICS = (
+    "mig",
+    "dci_lasso_disentanglement",
+    "dci_lasso_completeness",
+    "dci_lasso_informativeness",
+)
 
 
 @dataclass
@@ -31,6 +38,9 @@ class SplitEvaluation:
     metrics: dict[str, float]
     units: dict[str, dict[str, list[float]]]  # group -> {"kl_nats": [...], "activity": [...]}
     post_means: dict[str, Tensor]  # group -> (N, units[, H, W]) E_q[z | x], on CPU
+    # (factors, units) |Spearman ρ| of E_q[z | x], units as in disentanglement.unit_names;
+    # only for a task with ground-truth factors on this split
+    factor_unit: Tensor | None = None
 
 
 def shard(n: int, accelerator: Accelerator) -> Tensor:
@@ -94,6 +104,8 @@ def evaluate_split(
 
     metrics = _likelihood_metrics(split, elbo, log_px, task)
     metrics.update(_collapse_metrics(split, kl_units, post_means, cfg))
+    scores, factor_unit = _disentanglement_metrics(split, task, post_means, n)
+    metrics.update(scores)
     rate = (
         timed_images * accelerator.num_processes / timed_seconds if timed_seconds else float("nan")
     )
@@ -104,7 +116,7 @@ def evaluate_split(
         g: {"kl_nats": k.mean(0).tolist(), "activity": unit_activity(post_means[g]).tolist()}
         for g, k in kl_units.items()
     }
-    return SplitEvaluation(metrics, units, post_means)
+    return SplitEvaluation(metrics, units, post_means, factor_unit)
 
 
 def _sync(accelerator: Accelerator) -> None:
@@ -155,6 +167,30 @@ def _collapse_metrics(
     out[f"{split}/collapse_rate"] = 1.0 - active / units
     out[f"{split}/kl_collapse_rate"] = kl_collapsed / units
     return out
+
+
+def _disentanglement_metrics(
+    split: str, task: TaskData, post_means: dict[str, Tensor], n: int
+) -> tuple[dict[str, float], Tensor | None]:
+    """MIG, DCI-lasso and the factor × unit |Spearman| matrix of E_q[z|x] (DESIGN §6).
+
+    `post_means` hold the split's first `n` examples; the factors are cut to
+    the same rows. Non-finite posterior means give NaN scores and no matrix
+    (the likelihood metrics already count such examples).
+    """
+    if split not in task.factors:
+        return {}, None
+    codes = disentanglement.latent_units(post_means)
+    factors = task.factors[split][:n]
+    keys = [f"{split}/{name}" for name in DISENTANGLEMENT_METRICS]
+    if not torch.isfinite(codes).all():
+        return dict.fromkeys(keys, math.nan), None
+    discrete = [name in task.discrete_factors for name in task.factor_names]
+    dci = disentanglement.dci_lasso(codes, factors, discrete)
+    mig = disentanglement.mig(codes, factors, discrete)
+    values = (mig, dci.disentanglement, dci.completeness, dci.informativeness)
+    scores = dict(zip(keys, values, strict=True))
+    return scores, disentanglement.spearman_matrix(codes, factors)
 
 
 def _iwae_metrics(

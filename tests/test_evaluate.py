@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.distributions import MultivariateNormal
 
 from hvbench.config import EvalConfig
+from hvbench.disentanglement import latent_units, mig, spearman_matrix
 from hvbench.evaluate import evaluate_split
 from hvbench.latents import DiagonalGaussian, ModelOutput, kl_divergence
 from hvbench.task import TaskData, TaskSpec
@@ -70,11 +71,18 @@ class LinearGaussian(nn.Module):
 
 
 def task_from(model: LinearGaussian, n: int) -> TaskData:
+    """Data drawn from the model; its latent z is the task's ground-truth factors."""
     torch.manual_seed(1)
+    z = torch.randn(n, LATENT)
     with torch.no_grad():
-        x = torch.randn(n, LATENT) @ model.w.T + model.b + SIGMA * torch.randn(n, D)
+        x = z @ model.w.T + model.b + SIGMA * torch.randn(n, D)
     return TaskData(
-        "linear-gaussian", TaskSpec((1, 2, 2), "gaussian"), {"test": x.view(n, 1, 2, 2)}, "test"
+        "linear-gaussian",
+        TaskSpec((1, 2, 2), "gaussian"),
+        {"test": x.view(n, 1, 2, 2)},
+        "test",
+        factor_names=("z0", "z1"),
+        factors={"test": z},
     )
 
 
@@ -124,3 +132,18 @@ def test_nonfinite_examples_are_counted_not_dropped(accelerator: Accelerator) ->
     ).metrics
     assert metrics["test/nonfinite_examples"] == 1
     assert math.isnan(metrics["test/elbo_nats"])
+    assert math.isnan(metrics["test/mig"]) and math.isnan(metrics["test/dci_lasso_completeness"])
+
+
+def test_disentanglement_of_the_first_max_examples(accelerator: Accelerator) -> None:
+    model = LinearGaussian(inflate=1.0)
+    task = task_from(model, 400)
+    cfg = EvalConfig(max_examples=150, iwae_k=0, throughput_warmup=0)
+    evaluation = evaluate_split(model, task, "test", accelerator, cfg)
+    codes, factors = latent_units(evaluation.post_means), task.factors["test"][:150]
+    assert len(codes) == 150
+    assert evaluation.metrics["test/mig"] == mig(codes, factors, [False, False])
+    # E[z | x] is linear in x and x is 4 noisy views of z: the lasso decodes z well
+    assert evaluation.metrics["test/dci_lasso_informativeness"] > 0.7
+    assert evaluation.factor_unit.shape == (2, 2)
+    assert torch.equal(evaluation.factor_unit, spearman_matrix(codes, factors))
