@@ -1,8 +1,9 @@
 """The pictures a run leaves behind: what people look at before the numbers.
 
 Reconstructions, prior samples, histograms of posterior means, KL per unit
-(grouped, with the collapse threshold drawn), and training curves. Each
-function writes one PNG atomically and returns its path.
+(grouped, with the collapse threshold drawn), training curves, and the
+factor × unit |Spearman| matrix. Each function writes one PNG atomically and
+returns its path.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 from torch import Tensor
 
 from hvbench.atomic import write_atomic
+
+MAX_UNIT_LABELS = 64  # factor × unit matrix: more unit names than this would overlap
 
 
 def to_display(x: Tensor, likelihood: str) -> Tensor:
@@ -129,4 +132,23 @@ def training_curves(history: list[dict[str, float]], path: Path) -> Path:
                 ax.legend(fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("step")
+    return _save(fig, path)
+
+
+def factor_unit_matrix(
+    matrix: Tensor, factor_names: list[str], unit_names: list[str], path: Path
+) -> Path:
+    """Heatmap of |Spearman| between every ground-truth factor and every latent unit.
+
+    The "which unit encodes which concept" picture: a disentangled model shows
+    one bright cell per row; a collapsed unit is a dark column.
+    """
+    k, d = matrix.shape
+    fig, ax = plt.subplots(figsize=(min(24, max(4, 0.35 * d + 2)), min(16, max(2, 0.4 * k + 1))))
+    image = ax.imshow(matrix.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_yticks(range(k), factor_names, fontsize=8)
+    every = -(-d // MAX_UNIT_LABELS)  # past that many units, label every n-th
+    ax.set_xticks(range(0, d, every), unit_names[::every], rotation=90, fontsize=7)
+    ax.set_xlabel("latent unit")
+    fig.colorbar(image, ax=ax, label="|Spearman ρ|")
     return _save(fig, path)
