@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
-from hvbench import figures
+from hvbench import disentanglement, figures
 from hvbench.atomic import write_json
 from hvbench.config import RunConfig
 from hvbench.errors import UserError
@@ -101,6 +101,7 @@ def execute(cfg: RunConfig) -> Path:
                 "run_id": run_id,
                 "metrics": {k: _json_number(v) for k, v in metrics.items()},
                 "units": {split: e.units for split, e in evaluations.items()},
+                "factor_unit": _factor_unit_record(task, evaluations),
                 "run": _run_info(cfg, task, accelerator, result.steps, started),
             }
             write_json(run_dir / "metrics.json", record)
@@ -164,10 +165,30 @@ def _run_info(
         "estimators": {
             "elbo": "single-sample ELBO averaged over the split",
             "iwae": f"IWAE-{cfg.eval.iwae_k}",
+            "mig": f"{disentanglement.BINS} equal-width bins per unit and continuous factor",
+            "dci": (
+                f"lasso alpha={disentanglement.LASSO_ALPHA} on standardised E_q[z|x] and factors, "
+                f"every {disentanglement.HOLDOUT_EVERY}th example held out"
+            ),
         },
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.time() - started, 1),
         "provenance": provenance(),
+    }
+
+
+def _factor_unit_record(
+    task: TaskData, evaluations: dict[str, SplitEvaluation]
+) -> dict[str, dict[str, Any]]:
+    """The |Spearman| matrices as numbers, so the concept-to-unit picture outlives its PNG."""
+    return {
+        split: {
+            "factors": list(task.factor_names),
+            "units": disentanglement.unit_names(e.post_means),
+            "abs_spearman": e.factor_unit.round(decimals=4).tolist(),
+        }
+        for split, e in evaluations.items()
+        if e.factor_unit is not None
     }
 
 
@@ -205,4 +226,12 @@ def _figures(
     }
     if history:
         paths["training_curves"] = figures.training_curves(history, folder / "training_curves.png")
+    for name, e in evaluations.items():
+        if e.factor_unit is not None:
+            paths[f"factor_unit_{name}"] = figures.factor_unit_matrix(
+                e.factor_unit,
+                list(task.factor_names),
+                disentanglement.unit_names(e.post_means),
+                folder / f"factor_unit_{name}.png",
+            )
     return paths

@@ -41,6 +41,10 @@ def test_run_writes_config_metrics_and_figures(smoke_run: tuple[Path, Path]) -> 
         "perf/test_eval_images_per_s",
         "perf/peak_memory_mb",
         "perf/parameters",
+        "test/mig",
+        "test/dci_lasso_disentanglement",
+        "test/dci_lasso_completeness",
+        "test/dci_lasso_informativeness",
     ):
         assert isinstance(metrics[key], (int, float)), key
     assert metrics["test/log_px_nats"] - metrics["test/kl_nats"] == pytest.approx(
@@ -48,6 +52,9 @@ def test_run_writes_config_metrics_and_figures(smoke_run: tuple[Path, Path]) -> 
     )
     assert record["run"]["data_source"].startswith("toy-v1")
     assert len(record["units"]["test"]["z"]["kl_nats"]) == 4
+    factor_unit = record["factor_unit"]["test"]
+    assert factor_unit["units"] == ["z[0]", "z[1]", "z[2]", "z[3]"]
+    assert len(factor_unit["abs_spearman"]) == len(factor_unit["factors"]) == 5
     figures = {p.name for p in (run_dir / "figures").iterdir()}
     assert figures == {
         "reconstructions.png",
@@ -55,6 +62,7 @@ def test_run_writes_config_metrics_and_figures(smoke_run: tuple[Path, Path]) -> 
         "latent_histograms.png",
         "kl_per_unit.png",
         "training_curves.png",
+        "factor_unit_test.png",
     }
 
 
@@ -66,6 +74,7 @@ def test_leaderboard_lists_the_run(smoke_run: tuple[Path, Path]) -> None:
     assert run_dir.name in markdown
     csv_lines = (cwd / "results" / "leaderboard.csv").read_text().splitlines()
     assert len(csv_lines) == 2 and run_dir.name in csv_lines[1]
+    assert "MIG ↑" in markdown and ",mig,dci_lasso_disentanglement," in csv_lines[0]
     assert "toy-corr" in result.stdout
 
 
@@ -89,7 +98,10 @@ def test_help(command: list[str], tmp_path: Path) -> None:
             ["--task", "toy-corrr", "--model", "vae"],
             "unknown task 'toy-corrr' (did you mean 'toy-corr'?); choose from:",
         ),
-        (["--task", "toy-corr", "--model", "transformer"], "unknown model 'transformer'; choose from:"),
+        (
+            ["--task", "toy-corr", "--model", "transformer"],
+            "unknown model 'transformer'; choose from:",
+        ),
         (
             ["--config", SMOKE, "--set", "train.stepz=3"],
             "unknown config key 'train.stepz'; allowed:",
