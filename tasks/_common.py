@@ -35,11 +35,13 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
 def seeded_split(
     n: int, val_fraction: float, test_fraction: float, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
-    """Positions 0..n-1 → sorted train/val/test positions.
+    """Positions 0..n-1 → train/val/test positions, each in a seeded random order.
 
     One permutation from `rng`: its first round(n·test_fraction) positions are
     the test split, the next round(n·val_fraction) the validation split, the
-    rest training. Sorted so that gathers read memory in order.
+    rest training. Not sorted: evaluation caps (`eval.max_examples`,
+    `iwae_examples`, `val_examples`) take a split's first rows, which must then
+    be a uniform sample, not (on dSprites' factor grid) all squares.
     """
     check_fractions(val_fraction, test_fraction)
     n_test, n_val = round(n * test_fraction), round(n * val_fraction)
@@ -54,7 +56,7 @@ def seeded_split(
         "val": order[n_test : n_test + n_val],
         "train": order[n_test + n_val :],
     }
-    return {name: np.sort(parts[name]) for name in SPLITS}
+    return {name: parts[name] for name in SPLITS}
 
 
 def sha256_file(path: Path) -> str:

@@ -168,6 +168,15 @@ def test_split_is_seeded(tmp_path: Path) -> None:
     assert not torch.equal(a.factors["test"], c.factors["test"])
 
 
+def test_the_first_rows_of_a_split_are_a_uniform_sample(tmp_path: Path) -> None:
+    """Evaluation caps take a split's first rows; grid order would make them all squares."""
+    task = load(tmp_path, subset=3000)
+    for split, factors in task.factors.items():
+        first = factors[:60]
+        assert set(first[:, 0].tolist()) == {1.0, 2.0, 3.0}, split  # all three shapes
+        assert first[:, 4].std() > 0.2, split  # posY spread over the image, not one row
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
