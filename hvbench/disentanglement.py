@@ -5,7 +5,10 @@ Pure torch, so the harness needs no scikit-learn. Conventions:
   order; a spatial group (N, C, H, W) gives one unit per channel, its mean
   over positions (a choice: the same "unit = channel" as the collapse metrics).
 - *factors* are (N, K); `discrete` marks the categorical ones, whose values
-  are used as classes. Continuous factors are binned like the codes.
+  are used as classes. So, for MIG, are the factors with at most GRID_CLASSES
+  distinct values: a factor grid's levels (dSprites' 40 orientations, 32
+  positions) are its classes in disentanglement_lib, and 20 equal-width bins
+  would merge some of them unevenly. Continuous factors are binned like the codes.
 - A number that is undefined for the data (too few units, every factor
   constant) is NaN, never a made-up 0 or 1; each function says when.
 """
@@ -24,6 +27,7 @@ LASSO_ALPHA = 0.02  # on standardised codes and targets: |corr| below this gets 
 LASSO_MAX_ITER = 5000
 LASSO_TOL = 1e-6
 HOLDOUT_EVERY = 5  # DCI: examples 4, 9, 14, … (every fifth) are its held-out part
+GRID_CLASSES = 64  # MIG: a factor with at most this many distinct values is used by class
 ENTROPY_EPS = 1e-11  # as disentanglement_lib adds to importances before taking entropies
 
 
@@ -57,12 +61,12 @@ def histogram_discretize(x: Tensor, bins: int = BINS) -> Tensor:
 
 
 def factor_classes(factors: Tensor, discrete: Sequence[bool], bins: int = BINS) -> Tensor:
-    """(N, K) factors → (N, K) class indices: discrete values as they are, continuous ones binned."""
+    """(N, K) factors → (N, K) class indices: discrete and grid factors by value, the rest binned."""
     binned = histogram_discretize(factors, bins)
-    columns = [
-        torch.unique(factors[:, k], return_inverse=True)[1] if is_discrete else binned[:, k]
-        for k, is_discrete in enumerate(discrete)
-    ]
+    columns = []
+    for k, is_discrete in enumerate(discrete):
+        values, classes = torch.unique(factors[:, k], return_inverse=True)
+        columns.append(classes if is_discrete or len(values) <= GRID_CLASSES else binned[:, k])
     return torch.stack(columns, 1) if columns else binned
 
 

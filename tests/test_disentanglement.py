@@ -81,6 +81,16 @@ def test_categorical_factor_uses_its_values_as_classes() -> None:
     assert mig(codes, values[:, None], [True]) > 0.99
 
 
+def test_grid_factors_are_used_by_level_and_continuous_ones_binned(
+    factors: torch.Tensor,
+) -> None:
+    """dSprites' 32 positions are 32 classes (as in disentanglement_lib), not 20 uneven bins."""
+    levels = (torch.arange(N) % 32).double() / 31
+    classes = factor_classes(torch.stack([levels, factors[:, 0]], 1), [False, False])
+    assert len(classes[:, 0].unique()) == 32
+    assert len(classes[:, 1].unique()) == 20
+
+
 def test_categorical_factor_is_regressed_one_class_at_a_time() -> None:
     # the unit flags the middle class only: useless for regressing the class code 0/1/2,
     # while one indicator per class is predicted with R² 1, ¼ and ¼
