@@ -6,14 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from hvbench.config import RunConfig, parse_override, resolve
+from hvbench.config import RunConfig, TrainConfig, parse_override, read_yaml, resolve
 from hvbench.errors import UserError
+from tests.conftest import CONFIGS
 
 
 def test_default_config_file_is_applied() -> None:
     cfg = resolve("toy-corr", "vae")
     assert isinstance(cfg, RunConfig)
-    assert cfg.train.steps == 4000  # from configs/toy-corr/vae.yaml, not the dataclass default
+    steps = read_yaml(CONFIGS / "toy-corr" / "vae.yaml")["train"]["steps"]
+    assert steps != TrainConfig().steps  # so the check below can tell the two apart
+    assert cfg.train.steps == steps  # from configs/toy-corr/vae.yaml, not the dataclass default
     assert cfg.task.correlation == 0.8
 
 

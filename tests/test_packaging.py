@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from hvbench.config import read_yaml
+from tests.conftest import CONFIGS, REPO
 
 
 @pytest.fixture(scope="module")
@@ -71,5 +72,6 @@ def test_installed_wheel_imports_and_finds_its_configs(
     assert result.returncode == 0, result.stderr
     location, defaults, nothing = result.stdout.strip().splitlines()
     assert location.startswith(str(unpacked_wheel))
-    assert defaults == "4000 True True"
+    steps = read_yaml(CONFIGS / "toy-corr" / "vae.yaml")["train"]["steps"]
+    assert defaults == f"{steps} True True"  # the packaged configs/toy-corr/vae.yaml
     assert nothing == "None None"
