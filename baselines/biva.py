@@ -37,12 +37,10 @@ from hvbench.blocks import (
 )
 from hvbench.errors import UserError
 from hvbench.latents import (
+    AncestralModel,
     DiagonalGaussian,
     LatentSample,
-    ModelOutput,
     draw,
-    hierarchy_output,
-    importance_log_weights,
 )
 from hvbench.likelihoods import get_likelihood
 from hvbench.registry import register_model
@@ -75,7 +73,7 @@ class Upward:
     top: DiagonalGaussian | None  # q(z_L | x, z^BU), set at the top stage
 
 
-class BIVA(nn.Module):
+class BIVA(AncestralModel):
     def __init__(self, cfg: BIVAConfig, spec: TaskSpec):
         super().__init__()
         self.spec = spec
@@ -146,7 +144,7 @@ class BIVA(nn.Module):
         units = [2 * p.units for p in below] + [top.units]  # [z_i^TD, z_i^BU] below the top
         self.down = generative_stages(self.plans, units, act, drop)
 
-    def first_stage(self, x: Tensor) -> list[Tensor]:
+    def features(self, x: Tensor) -> list[Tensor]:
         """Stage 1's BU and TD features: deterministic in x, as nothing is sampled below them."""
         h = self.head.prepare(x)
         h_bu, _ = self.bu[0](h)
@@ -194,24 +192,11 @@ class BIVA(nn.Module):
             d, skips = self.down[i](torch.cat([z_td, z_bu], 1), skips)
         return self.out(d), dict(reversed(groups.items()))
 
-    def hierarchy(self, x: Tensor) -> tuple[Tensor, dict[str, LatentSample]]:
-        """One posterior draw of every group: decoder parameters and each group's (z, q, p)."""
-        return self._draw(self.first_stage(x), len(x))
-
-    def _draw(self, first: list[Tensor], n: int) -> tuple[Tensor, dict[str, LatentSample]]:
-        return self.downward(self.upward(first), n)
-
-    def forward(self, x: Tensor) -> ModelOutput:
-        return hierarchy_output(self.head, x, *self.hierarchy(x))
-
-    @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        return self.head.mean(self.downward(None, n)[0])
-
-    def log_weights(self, x: Tensor, k: int) -> Tensor:
-        """(B, k) log p(x, z) − log q(z | x); stage 1 runs once, the rest per draw (z^BU is
-        sampled on the way up)."""
-        return importance_log_weights(self.head, x, self.first_stage(x), self._draw, k)
+    def ancestral_pass(
+        self, first: list[Tensor] | None, n: int
+    ) -> tuple[Tensor, dict[str, LatentSample]]:
+        """The BU path samples z^BU on the way up, so only stage 1 is shared by draws."""
+        return self.downward(None if first is None else self.upward(first), n)
 
 
 @register_model(

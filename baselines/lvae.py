@@ -30,12 +30,10 @@ from hvbench.blocks import (
     plan_stages,
 )
 from hvbench.latents import (
+    AncestralModel,
     DiagonalGaussian,
     LatentSample,
-    ModelOutput,
     draw,
-    hierarchy_output,
-    importance_log_weights,
     merge_precision_weighted,
 )
 from hvbench.likelihoods import get_likelihood
@@ -48,7 +46,7 @@ class LVAEConfig(StagesConfig):
     mixtures: int = 10  # logistic mixture components (dlogistic tasks only)
 
 
-class LadderVAE(nn.Module):
+class LadderVAE(AncestralModel):
     def __init__(self, cfg: LVAEConfig, spec: TaskSpec):
         super().__init__()
         self.spec = spec
@@ -77,7 +75,7 @@ class LadderVAE(nn.Module):
         self.down = generative_stages(self.plans, [p.units for p in self.plans], act, drop)
         self.out = output_layer(cfg.filters, self.head.out_channels, act)
 
-    def bottom_up(self, x: Tensor) -> list[Tensor]:
+    def features(self, x: Tensor) -> list[Tensor]:
         """Every stage's deterministic features: the only place the data enters."""
         h, features = self.head.prepare(x), []
         for stack in self.up:
@@ -85,7 +83,7 @@ class LadderVAE(nn.Module):
             features.append(h)
         return features
 
-    def top_down(
+    def ancestral_pass(
         self, features: list[Tensor] | None, n: int
     ) -> tuple[Tensor, dict[str, LatentSample]]:
         """Ancestral pass z_L → z_1 → x; posterior draws given `features`, prior draws without."""
@@ -106,21 +104,6 @@ class LadderVAE(nn.Module):
     def _standard(self, n: int, plan: StagePlan) -> DiagonalGaussian:
         like = torch.empty(n, *plan.latent_shape, device=next(self.parameters()).device)
         return DiagonalGaussian.standard(like)
-
-    def hierarchy(self, x: Tensor) -> tuple[Tensor, dict[str, LatentSample]]:
-        """One posterior draw of every layer: decoder parameters and each group's (z, q, p)."""
-        return self.top_down(self.bottom_up(x), len(x))
-
-    def forward(self, x: Tensor) -> ModelOutput:
-        return hierarchy_output(self.head, x, *self.hierarchy(x))
-
-    @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        return self.head.mean(self.top_down(None, n)[0])
-
-    def log_weights(self, x: Tensor, k: int) -> Tensor:
-        """(B, k) log p(x, z_1..L) − log q(z_1..L | x); the bottom-up pass runs once for all k."""
-        return importance_log_weights(self.head, x, self.bottom_up(x), self.top_down, k)
 
 
 @register_model(

@@ -29,11 +29,10 @@ from hvbench.blocks import (
     plan_stages,
 )
 from hvbench.latents import (
+    AncestralModel,
     DiagonalGaussian,
     LatentSample,
     ModelOutput,
-    hierarchy_output,
-    importance_log_weights,
     kl_divergence,
 )
 from hvbench.likelihoods import get_likelihood
@@ -132,7 +131,7 @@ class VAE(nn.Module):
         return log_w.t()
 
 
-class StackedVAE(nn.Module):
+class StackedVAE(AncestralModel):
     """A VAE with one latent group per stage, inferred bottom-up and generated top-down.
 
     z_i is drawn before the z_{i+1} its prior p(z_i | z_{i+1}) reads, so every
@@ -162,7 +161,7 @@ class StackedVAE(nn.Module):
         self.post = nn.ModuleList(
             LatentParams(p.shape, p.units, p.spatial, act) for p in self.plans
         )
-        self.features = nn.ModuleList(LatentToFeatures(p.units, p.shape, p.spatial) for p in below)
+        self.lift = nn.ModuleList(LatentToFeatures(p.units, p.shape, p.spatial) for p in below)
         self.prior = nn.ModuleList(LatentParams(p.shape, p.units, p.spatial, act) for p in below)
         self.down = generative_stages(self.plans, [p.units for p in self.plans], act, drop)
         self.out = output_layer(cfg.filters, self.head.out_channels, act)
@@ -175,7 +174,7 @@ class StackedVAE(nn.Module):
             draws.append(posteriors[-1].rsample())
             if i + 1 < len(self.up):
                 stack = self.up[i + 1]
-                h, _ = stack(self.features[i](draws[-1]), [h] * len(stack.blocks))
+                h, _ = stack(self.lift[i](draws[-1]), [h] * len(stack.blocks))
         return posteriors, draws
 
     def downward(
@@ -198,27 +197,14 @@ class StackedVAE(nn.Module):
             d, skips = self.down[i](z, skips)
         return self.out(d), dict(reversed(groups.items()))
 
-    def first_stage(self, x: Tensor) -> list[Tensor]:
+    def features(self, x: Tensor) -> list[Tensor]:
         """Stage 1's features: deterministic in x, as nothing is sampled below them."""
         return [self.up[0](self.head.prepare(x))[0]]
 
-    def hierarchy(self, x: Tensor) -> tuple[Tensor, dict[str, LatentSample]]:
-        """One posterior draw of every group: decoder parameters and each group's (z, q, p)."""
-        return self._draw(self.first_stage(x), len(x))
-
-    def _draw(self, first: list[Tensor], n: int) -> tuple[Tensor, dict[str, LatentSample]]:
-        return self.downward(self.upward(first[0]), n)
-
-    def forward(self, x: Tensor) -> ModelOutput:
-        return hierarchy_output(self.head, x, *self.hierarchy(x))
-
-    @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        return self.head.mean(self.downward(None, n)[0])
-
-    def log_weights(self, x: Tensor, k: int) -> Tensor:
-        """(B, k) log p(x, z) − log q(z | x); stage 1 runs once, the rest per draw."""
-        return importance_log_weights(self.head, x, self.first_stage(x), self._draw, k)
+    def ancestral_pass(
+        self, first: list[Tensor] | None, n: int
+    ) -> tuple[Tensor, dict[str, LatentSample]]:
+        return self.downward(None if first is None else self.upward(first[0]), n)
 
 
 @register_model(

@@ -46,12 +46,10 @@ from hvbench.blocks import (
 from hvbench.concept_graph import ConceptNode, from_task_dag, levels, validate
 from hvbench.errors import UserError
 from hvbench.latents import (
+    AncestralModel,
     DiagonalGaussian,
     LatentSample,
-    ModelOutput,
     draw,
-    hierarchy_output,
-    importance_log_weights,
     merge_precision_weighted,
 )
 from hvbench.likelihoods import get_likelihood
@@ -191,7 +189,7 @@ class Decoder(nn.Module):
         return d
 
 
-class DAGVAE(nn.Module):
+class DAGVAE(AncestralModel):
     def __init__(self, cfg: DAGVAEConfig, spec: TaskSpec):
         super().__init__()
         self.spec = spec
@@ -312,7 +310,7 @@ class DAGVAE(nn.Module):
         q_in = read if parents is None else torch.cat([read, parents], 1)
         return DiagonalGaussian.from_params(self.heads[i](q_in)), p
 
-    def top_down(
+    def ancestral_pass(
         self, features: list[Tensor] | None, n: int
     ) -> tuple[Tensor, dict[str, LatentSample]]:
         """Ancestral pass over the concepts in topological order, then the decoder."""
@@ -340,21 +338,6 @@ class DAGVAE(nn.Module):
             groups[RESIDUAL_GROUP] = draw(q, p)
             r = groups[RESIDUAL_GROUP].z
         return d + self.residual_features(r)
-
-    # ---- the model contract (DESIGN §3) ---------------------------------------------------
-    def hierarchy(self, x: Tensor) -> tuple[Tensor, dict[str, LatentSample]]:
-        return self.top_down(self.features(x), len(x))
-
-    def forward(self, x: Tensor) -> ModelOutput:
-        return hierarchy_output(self.head, x, *self.hierarchy(x))
-
-    @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        return self.head.mean(self.top_down(None, n)[0])
-
-    def log_weights(self, x: Tensor, k: int) -> Tensor:
-        """(B, k) log p(x, z) − log q(z | x); the trunk runs once for all k draws."""
-        return importance_log_weights(self.head, x, self.features(x), self.top_down, k)
 
 
 @register_model(

@@ -193,3 +193,41 @@ def importance_log_weights(
 
     per_call = max(1, max_rows // batch)
     return torch.cat([draws(min(per_call, k - done)) for done in range(0, k, per_call)], dim=1)
+
+
+class AncestralModel(nn.Module):
+    """The model contract (DESIGN §3) for a hierarchy drawn in one ancestral pass.
+
+    A subclass gives two methods and gets `forward`, `sample` and `log_weights`:
+    `features(x)`, what inference computes from x before anything is sampled
+    (computed once and shared by all k importance draws), and
+    `ancestral_pass(features, n)`, the rest of one pass: posterior draws given
+    features, prior draws given None, returning the decoder's parameters and
+    every group's (z, q, p). One pass serves all three, so the ELBO, the samples
+    and the importance weights can never disagree on the model.
+    """
+
+    head: LikelihoodHead
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        raise NotImplementedError
+
+    def ancestral_pass(
+        self, features: list[Tensor] | None, n: int
+    ) -> tuple[Tensor, dict[str, LatentSample]]:
+        raise NotImplementedError
+
+    def hierarchy(self, x: Tensor) -> tuple[Tensor, dict[str, LatentSample]]:
+        """One posterior draw of every group: decoder parameters and each group's (z, q, p)."""
+        return self.ancestral_pass(self.features(x), len(x))
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        return hierarchy_output(self.head, x, *self.hierarchy(x))
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        return self.head.mean(self.ancestral_pass(None, n)[0])
+
+    def log_weights(self, x: Tensor, k: int) -> Tensor:
+        """(B, k) log p(x, z) − log q(z | x) for k ancestral draws; `features` run once."""
+        return importance_log_weights(self.head, x, self.features(x), self.ancestral_pass, k)

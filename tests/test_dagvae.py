@@ -247,14 +247,14 @@ def test_iwae_is_above_the_elbo_and_iwae_1_is_the_elbo_in_expectation(case: str)
 def test_ancestral_samples_from_the_prior_are_task_shaped(case: str, spec: TaskSpec) -> None:
     model = make(case, spec)
     torch.manual_seed(4)
-    params, groups = model.top_down(None, 5)
+    params, groups = model.ancestral_pass(None, 5)
     assert groups == {}  # nothing is inferred when sampling
     assert params.shape == (5, model.head.out_channels, *spec.shape[1:])
     torch.manual_seed(4)
     samples = model.sample(5)
     assert samples.shape == (5, *spec.shape) and torch.isfinite(samples).all()
     torch.manual_seed(4)
-    assert torch.equal(model.head.mean(model.top_down(None, 5)[0]), samples)
+    assert torch.equal(model.head.mean(model.ancestral_pass(None, 5)[0]), samples)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -104,7 +104,7 @@ def test_top_down_groups_are_analytic_and_bottom_up_ones_are_not(case: str) -> N
 
 def test_lvae_posterior_is_the_precision_weighted_merge_of_estimate_and_prior() -> None:
     model, x = make("lvae"), batch()
-    features = model.bottom_up(x)
+    features = model.features(x)
     _, groups = model.hierarchy(x)
     top = model.estimate[2](features[2])
     assert torch.allclose(groups["z3"].q.mu, top.mu) and groups["z3"].p.mu.abs().max() == 0
