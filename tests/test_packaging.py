@@ -75,3 +75,21 @@ def test_installed_wheel_imports_and_finds_its_configs(
     steps = read_yaml(CONFIGS / "toy-corr" / "vae.yaml")["train"]["steps"]
     assert defaults == f"{steps} True True"  # the packaged configs/toy-corr/vae.yaml
     assert nothing == "None None"
+
+
+def test_python_m_hvbench_inside_a_clone_finds_tasks_and_baselines(tmp_path: Path) -> None:
+    """The README's `pip install . && python -m hvbench run ...` runs in the clone, where the
+    clone's own `hvbench/` shadows the installed one; without an editable install's import
+    hook (removed here), `hvbench.tasks` must still resolve to the clone's `tasks/`."""
+    code = (
+        "import runpy, sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in f.__module__]\n"
+        "sys.argv = ['hvbench', 'run', '--config', 'configs/smoke/toy-vae.yaml',\n"
+        f"            '--out', {str(tmp_path / 'results')!r}, '--set', 'train.steps=2']\n"
+        "runpy.run_module('hvbench', run_name='__main__')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert list((tmp_path / "results" / "runs" / "toy-corr" / "vae").glob("*/metrics.json"))
