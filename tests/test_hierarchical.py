@@ -6,8 +6,6 @@ through the registry from a config section, exactly as a run builds it.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -17,11 +15,16 @@ from hvbench.latents import (
     GaussianParams,
     hierarchy_output,
     merge_precision_weighted,
-    per_unit,
 )
 from hvbench.registry import MODELS
 from hvbench.task import TaskSpec
 from tests.conftest import CONFIGS
+from tests.model_checks import (
+    binary_batch,
+    check_bf16_matches_fp32,
+    check_iwae_brackets_elbo,
+    check_kl_terms,
+)
 
 SMALL = {"latents": [4, 3, 2], "filters": 8, "kernels": [3, 3, 3], "strides": [2, 1, 2]}
 CASES = {
@@ -62,8 +65,7 @@ def spread(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def batch(n: int = 4, spec: TaskSpec = SPEC) -> torch.Tensor:
-    g = torch.Generator().manual_seed(123)
-    return torch.randint(0, 2, (n, *spec.shape), generator=g, dtype=torch.uint8)
+    return binary_batch(n, spec)
 
 
 @pytest.mark.parametrize("case", HIERARCHIES)
@@ -78,16 +80,7 @@ def test_elbo_is_reconstruction_minus_kl_and_each_kl_matches_monte_carlo(case: s
     log_px = model.head.log_prob(px_params, model.head.prepare(x))
     assert torch.allclose(out.log_px, log_px)
     assert torch.allclose(out.elbo, log_px - sum(k.sum(1) for k in out.kl_units.values()))
-    for g, s in groups.items():
-        assert torch.allclose(out.post_mean[g], s.q.mu)
-        if not s.analytic:  # drawn before its prior's parents: the single-sample term
-            assert torch.allclose(out.kl_units[g], per_unit(s.q.log_prob(s.z) - s.p.log_prob(s.z)))
-            continue
-        z = s.q.mu + s.q.log_sigma.exp() * torch.randn(4000, *s.q.mu.shape)
-        terms = per_unit((s.q.log_prob(z) - s.p.log_prob(z)).flatten(0, 1))
-        terms = terms.view(4000, *out.kl_units[g].shape)
-        error = 5 * terms.std(0) / math.sqrt(len(terms)) + 1e-3
-        assert ((terms.mean(0) - out.kl_units[g]).abs() <= error).all(), g
+    check_kl_terms(out, groups)
 
 
 @pytest.mark.parametrize("case", HIERARCHIES)
@@ -135,15 +128,7 @@ def test_gradients_reach_every_latent_group_and_every_block(case: str) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 @torch.no_grad()
 def test_iwae_is_above_the_elbo_and_iwae_1_is_the_elbo_in_expectation(case: str) -> None:
-    model, x = spread(make(case)), batch()
-    torch.manual_seed(2)
-    elbos = torch.stack([model(x).elbo for _ in range(64)]).double()  # (64, B)
-    log_w = model.log_weights(x, 256).double()  # (B, 256), four chunks of draws
-    assert log_w.shape == (4, 256)
-    error = 4 * (log_w.std(1) / 16 + elbos.std(0) / 8)  # four standard errors per example
-    assert ((log_w.mean(1) - elbos.mean(0)).abs() <= error).all()
-    iwae_64 = torch.logsumexp(log_w.view(4, 4, 64), dim=2) - math.log(64)  # 4 bounds per x
-    assert iwae_64.mean() > elbos.mean()
+    check_iwae_brackets_elbo(spread(make(case)), batch())
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -175,16 +160,7 @@ def test_deterministic_under_a_seed(case: str) -> None:
 
 @pytest.mark.parametrize("case", HIERARCHIES)
 def test_bf16_autocast_runs_and_matches_fp32_loosely(case: str) -> None:
-    model, x = make(case), batch()
-    torch.manual_seed(3)
-    fp32 = model(x)
-    torch.manual_seed(3)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = model(x)
-        log_w = model.log_weights(x, 4)
-    assert all(k.dtype == torch.float32 for k in bf16.kl_units.values())
-    assert torch.isfinite(bf16.elbo).all() and torch.isfinite(log_w).all()
-    assert torch.allclose(bf16.elbo, fp32.elbo, rtol=0.03, atol=1.0)
+    check_bf16_matches_fp32(make(case), batch())
 
 
 @pytest.mark.parametrize("name", ["vae", "lvae", "biva"])
