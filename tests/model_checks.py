@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from hvbench.latents import LatentSample, ModelOutput, per_unit
+from hvbench.latents import LatentSample, ModelOutput, hierarchy_output, per_unit
 from hvbench.task import TaskSpec
 
 
@@ -59,3 +59,23 @@ def check_bf16_matches_fp32(model: torch.nn.Module, x: torch.Tensor) -> None:
     assert all(k.dtype == torch.float32 for k in bf16.kl_units.values())
     assert torch.isfinite(bf16.elbo).all() and torch.isfinite(log_w).all()
     assert torch.allclose(bf16.elbo, fp32.elbo, rtol=0.03, atol=1.0)
+
+
+def check_gradients_reach_every_group_and_parameter(
+    model: torch.nn.Module, x: torch.Tensor
+) -> None:
+    """−ELBO's gradient is finite and non-zero at every latent sample and every parameter:
+    no group or block is left out of the graph."""
+    if hasattr(model, "hierarchy"):
+        px_params, groups = model.hierarchy(x)
+        for s in groups.values():
+            s.z.retain_grad()
+        out = hierarchy_output(model.head, x, px_params, groups)
+    else:  # the flat VAE: one pass, no per-group draws to inspect
+        groups, out = {}, model(x)
+    (-out.elbo.mean()).backward()
+    for g, s in groups.items():
+        assert s.z.grad is not None and s.z.grad.abs().sum() > 0, g
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name

@@ -17,13 +17,14 @@ import yaml
 from hvbench.concept_graph import ConceptNode, levels, validate
 from hvbench.config import build
 from hvbench.errors import UserError
-from hvbench.latents import GaussianParams, hierarchy_output
+from hvbench.latents import GaussianParams
 from hvbench.registry import MODELS
 from hvbench.task import TaskSpec
 from tests.conftest import CONFIGS, run_cli
 from tests.model_checks import (
     binary_batch,
     check_bf16_matches_fp32,
+    check_gradients_reach_every_group_and_parameter,
     check_iwae_brackets_elbo,
     check_kl_terms,
 )
@@ -212,15 +213,7 @@ def test_elbo_is_reconstruction_minus_kl_and_each_kl_matches_monte_carlo(case: s
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_gradients_reach_every_node_and_every_block(case: str) -> None:
-    model, x = make(case), batch()
-    px_params, groups = model.hierarchy(x)
-    for s in groups.values():
-        s.z.retain_grad()
-    (-hierarchy_output(model.head, x, px_params, groups).elbo.mean()).backward()
-    for g, s in groups.items():
-        assert s.z.grad is not None and s.z.grad.abs().sum() > 0, g
-    for name, p in model.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    check_gradients_reach_every_group_and_parameter(make(case), batch())
 
 
 @pytest.mark.parametrize("case", list(CASES))

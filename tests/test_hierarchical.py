@@ -13,7 +13,6 @@ from hvbench.config import build, read_yaml
 from hvbench.errors import UserError
 from hvbench.latents import (
     GaussianParams,
-    hierarchy_output,
     merge_precision_weighted,
 )
 from hvbench.registry import MODELS
@@ -22,6 +21,7 @@ from tests.conftest import CONFIGS
 from tests.model_checks import (
     binary_batch,
     check_bf16_matches_fp32,
+    check_gradients_reach_every_group_and_parameter,
     check_iwae_brackets_elbo,
     check_kl_terms,
 )
@@ -109,20 +109,7 @@ def test_lvae_posterior_is_the_precision_weighted_merge_of_estimate_and_prior() 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_gradients_reach_every_latent_group_and_every_block(case: str) -> None:
-    model, x = make(case), batch()
-    if hasattr(model, "hierarchy"):
-        px_params, groups = model.hierarchy(x)
-        for s in groups.values():
-            s.z.retain_grad()
-        out = hierarchy_output(model.head, x, px_params, groups)
-    else:
-        groups, out = {}, model(x)
-    (-out.elbo.mean()).backward()
-    for g, s in groups.items():
-        assert s.z.grad is not None and s.z.grad.abs().sum() > 0, g
-    for name, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
+    check_gradients_reach_every_group_and_parameter(make(case), batch())
 
 
 @pytest.mark.parametrize("case", list(CASES))
