@@ -169,9 +169,7 @@ class BIVA(AncestralModel):
     def downward(self, up: Upward | None, n: int) -> tuple[Tensor, dict[str, LatentSample]]:
         """Ancestral pass z_L → (z_i^TD, z_i^BU) → x; posterior draws given `up`, prior draws without."""
         top = len(self.plans)
-        prior = DiagonalGaussian.standard(
-            torch.empty(n, *self.plans[-1].latent_shape, device=next(self.parameters()).device)
-        )
+        prior = self.standard_prior(n, self.plans[-1].latent_shape)
         groups: dict[str, LatentSample] = {}
         if up is None:
             z = prior.rsample()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from hvbench.blocks import (
@@ -31,7 +30,6 @@ from hvbench.blocks import (
 )
 from hvbench.latents import (
     AncestralModel,
-    DiagonalGaussian,
     LatentSample,
     draw,
     merge_precision_weighted,
@@ -90,7 +88,11 @@ class LadderVAE(AncestralModel):
         groups: dict[str, LatentSample] = {}
         d, skips = None, None
         for i in reversed(range(len(self.plans))):
-            p = self._standard(n, self.plans[i]) if d is None else self.prior[i](d)
+            p = (
+                self.standard_prior(n, self.plans[i].latent_shape)
+                if d is None
+                else self.prior[i](d)
+            )
             if features is None:
                 z = p.rsample()
             else:
@@ -100,10 +102,6 @@ class LadderVAE(AncestralModel):
                 z = groups[f"z{i + 1}"].z
             d, skips = self.down[i](z, skips)
         return self.out(d), dict(reversed(groups.items()))
-
-    def _standard(self, n: int, plan: StagePlan) -> DiagonalGaussian:
-        like = torch.empty(n, *plan.latent_shape, device=next(self.parameters()).device)
-        return DiagonalGaussian.standard(like)
 
 
 @register_model(

@@ -181,9 +181,7 @@ class StackedVAE(AncestralModel):
         self, up: tuple[list[DiagonalGaussian], list[Tensor]] | None, n: int
     ) -> tuple[Tensor, dict[str, LatentSample]]:
         """Generative pass z_L → x through the posterior draws in `up`, or prior draws without."""
-        top = self.plans[-1].latent_shape
-        device = next(self.parameters()).device
-        p = DiagonalGaussian.standard(torch.empty(n, *top, device=device))
+        p = self.standard_prior(n, self.plans[-1].latent_shape)
         groups: dict[str, LatentSample] = {}
         d, skips = None, None
         for i in reversed(range(len(self.plans))):

@@ -217,6 +217,12 @@ class AncestralModel(nn.Module):
     ) -> tuple[Tensor, dict[str, LatentSample]]:
         raise NotImplementedError
 
+    def standard_prior(self, n: int, shape: tuple[int, ...]) -> DiagonalGaussian:
+        """N(0, I) for n draws of a group shaped `shape` (a top layer, a root), on the model's
+        device."""
+        zeros = torch.zeros(n, *shape, device=next(self.parameters()).device)
+        return DiagonalGaussian(zeros, zeros)
+
     def hierarchy(self, x: Tensor) -> tuple[Tensor, dict[str, LatentSample]]:
         """One posterior draw of every group: decoder parameters and each group's (z, q, p)."""
         return self.ancestral_pass(self.features(x), len(x))
