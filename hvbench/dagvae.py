@@ -163,7 +163,6 @@ class Decoder(nn.Module):
 
     def __init__(self, image: Shape, shapes: list[Shape], concept_dims: int, cfg: DAGVAEConfig):
         super().__init__()
-        self.shapes = shapes
         self.project = LatentToFeatures(concept_dims, shapes[-1], spatial=False)
         targets = [(cfg.widths[0], *image[1:]), *shapes[:-1]]
         self.up = nn.ModuleList(
@@ -203,8 +202,14 @@ class DAGVAE(AncestralModel):
         if cfg.residual and RESIDUAL_GROUP in names:
             raise UserError(f"node name {RESIDUAL_GROUP!r} is taken by the residual latent group")
         act = cfg.activation
-        self.feature_sources = self._feature_sources(cfg, scales)
-        self.mirror = self._mirror(cfg) if cfg.trunk == "mirrored" else None
+        depth = levels(self.order)
+        # units per DAG level, roots first: the widths of the mirrored trunk's layers
+        self.level_widths = [
+            sum(n.dims for n in self.order if depth[n.name] == level)
+            for level in range(max(depth.values()) + 1)
+        ]
+        self.feature_sources = self._feature_sources(cfg, scales, depth)
+        self.mirror = self._mirror(act) if cfg.trunk == "mirrored" else None
         dims = {n.name: n.dims for n in self.order}
         self.heads = nn.ModuleList()
         self.priors = nn.ModuleList()
@@ -238,10 +243,10 @@ class DAGVAE(AncestralModel):
             )
         return index % scales
 
-    def _feature_sources(self, cfg: DAGVAEConfig, scales: int) -> list[int]:
+    def _feature_sources(self, cfg: DAGVAEConfig, scales: int, depth: dict[str, int]) -> list[int]:
         """Per node (topological order), which entry of `features()` its head reads."""
         if cfg.trunk == "mirrored":
-            return [levels(self.order)[n.name] for n in self.order]
+            return [depth[n.name] for n in self.order]
         return [
             self._scale(
                 cfg.head_scale if n.scale is None else n.scale, scales, f"node {n.name!r} scale"
@@ -258,16 +263,11 @@ class DAGVAE(AncestralModel):
             return self.level_widths[source]
         return self._pooled_width(source)
 
-    def _mirror(self, cfg: DAGVAEConfig) -> nn.ModuleList:
+    def _mirror(self, activation: Activation) -> nn.ModuleList:
         """Dense layers as wide as the DAG's levels, deepest level first (next to the image)."""
-        depth = levels(self.order)
-        self.level_widths = [
-            sum(n.dims for n in self.order if depth[n.name] == lvl)
-            for lvl in range(max(depth.values()) + 1)
-        ]
         widths = [self._pooled_width(-1), *reversed(self.level_widths)]
         return nn.ModuleList(
-            nn.Sequential(nn.Linear(a, b), ACTIVATIONS[cfg.activation]())
+            nn.Sequential(nn.Linear(a, b), ACTIVATIONS[activation]())
             for a, b in itertools.pairwise(widths)
         )
 
@@ -300,8 +300,7 @@ class DAGVAE(AncestralModel):
         node = self.order[i]
         parents = torch.cat([z[p] for p in node.parents], 1) if node.parents else None
         if parents is None:
-            like = torch.empty(n, node.dims, device=next(self.parameters()).device)
-            p = DiagonalGaussian.standard(like)
+            p = self.standard_prior(n, (node.dims,))
         else:
             p = DiagonalGaussian.from_params(self.priors[i](parents))
         if features is None:
