@@ -165,7 +165,10 @@ def _run_info(
         "estimators": {
             "elbo": "single-sample ELBO averaged over the split",
             "iwae": f"IWAE-{cfg.eval.iwae_k}",
-            "mig": f"{disentanglement.BINS} equal-width bins per unit and continuous factor",
+            "mig": (
+                f"{disentanglement.BINS} equal-width bins per unit and continuous factor; "
+                f"factors with at most {disentanglement.GRID_CLASSES} levels used by level"
+            ),
             "dci": (
                 f"lasso alpha={disentanglement.LASSO_ALPHA} on standardised E_q[z|x] and factors, "
                 f"every {disentanglement.HOLDOUT_EVERY}th example held out"

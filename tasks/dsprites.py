@@ -17,8 +17,9 @@ renders only its own images, so smoke runs need no preparation.
 Split. `numpy.random.default_rng(seed)` first draws `subset` distinct grid
 indices uniformly (when set), then one permutation of the chosen images gives
 the test, validation and training splits (`_common.seeded_split`), each in
-that permutation's order, so the first rows of a split are a uniform sample. Factors are the official values (shape 1–3, scale, orientation
-in radians, posX, posY); `shape` is categorical.
+that permutation's order, so the first rows of a split are a uniform sample.
+Factors are the official values (shape 1–3, scale, orientation in radians,
+posX, posY); `shape` is categorical.
 """
 
 from __future__ import annotations
