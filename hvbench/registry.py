@@ -1,9 +1,10 @@
 """Name → entry registries for tasks and models (timm-style).
 
 An entry is declared where it is implemented, with a decorator, so adding a
-model or a task touches one module plus its config. Built-in modules are found
-by walking `hvbench.tasks` / `hvbench.baselines`; third-party packages add
-theirs through the entry-point groups `hvbench.tasks` / `hvbench.models`.
+model or a task touches one module plus its config. Built-in entries are found
+by importing every module of the built-in packages (`hvbench.tasks`;
+`hvbench.baselines` and `hvbench.dagvae`); third-party packages add theirs
+through the entry-point groups `hvbench.tasks` / `hvbench.models`.
 """
 
 from __future__ import annotations
@@ -79,10 +80,9 @@ class Registry:
         self._loaded = True
         for package_name in self._builtin_packages:
             package = importlib.import_module(package_name)
-            if hasattr(package, "__path__"):
-                for info in pkgutil.iter_modules(package.__path__, package_name + "."):
-                    if not info.name.rsplit(".", 1)[-1].startswith("_"):
-                        importlib.import_module(info.name)
+            for info in pkgutil.iter_modules(package.__path__, package_name + "."):
+                if not info.name.rsplit(".", 1)[-1].startswith("_"):
+                    importlib.import_module(info.name)
         for ep in entry_points(group=self._entry_point_group):
             ep.load()
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from hvbench.concept_graph import ConceptNode, levels, validate
 from hvbench.config import build
+from hvbench.dagvae.concept_graph import ConceptNode, levels, validate
 from hvbench.errors import UserError
 from hvbench.latents import GaussianParams
 from hvbench.registry import MODELS

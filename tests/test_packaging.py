@@ -46,6 +46,7 @@ def test_no_top_level_tasks_or_baselines(unpacked_wheel: Path) -> None:
     assert top_level == {"hvbench"}
     assert (unpacked_wheel / "hvbench" / "tasks" / "toy.py").is_file()
     assert (unpacked_wheel / "hvbench" / "baselines" / "vae.py").is_file()
+    assert (unpacked_wheel / "hvbench" / "dagvae" / "model.py").is_file()
     assert (unpacked_wheel / "hvbench" / "configs" / "toy-corr" / "vae.yaml").is_file()
 
 

@@ -1,6 +1,6 @@
 """`dagvae`: latents that follow a concept DAG, read from a spatial trunk by conceptual heads.
 
-The problem this model answers (DESIGN §4): a bottom-up network whose layers
+The problem this model answers (docs/design.md, "Models"): a bottom-up network whose layers
 mirror the latent DAG squeezes the image through layers as narrow as the
 DAG's levels (two units for a single two-dimensional root) and loses it. Here
 the hierarchical *image features* and the *conceptual latents* are separate:
@@ -26,7 +26,7 @@ convolutional stem, then dense layers whose widths are the DAG's levels
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,7 +43,7 @@ from hvbench.blocks import (
     Shape,
     output_layer,
 )
-from hvbench.concept_graph import ConceptNode, from_task_dag, levels, validate
+from hvbench.dagvae.concept_graph import ConceptNode, from_task_dag, levels, validate
 from hvbench.errors import UserError
 from hvbench.latents import (
     AncestralModel,
@@ -155,10 +155,66 @@ class SpatialTrunk(nn.Module):
         return maps
 
 
+def _pooled(h: Tensor, pool: int) -> Tensor:
+    """A pool×pool average of a map (smaller maps kept whole), flattened: coarse position
+    survives."""
+    return F.adaptive_avg_pool2d(h, (min(h.shape[2], pool), min(h.shape[3], pool))).flatten(1)
+
+
+def _pooled_width(shape: Shape, pool: int) -> int:
+    c, h, w = shape
+    return c * min(h, pool) * min(w, pool)
+
+
+class PooledScales(nn.Module):
+    """`trunk: spatial`: every trunk scale pooled; a node's head reads the scale it is given."""
+
+    def __init__(self, shapes: Sequence[Shape], pool: int, node_scales: list[int]):
+        super().__init__()
+        self.pool = pool
+        self.sources = node_scales  # per node (topological order): the entry it reads
+        self.widths = [_pooled_width(shape, pool) for shape in shapes]
+
+    def forward(self, maps: list[Tensor]) -> list[Tensor]:
+        return [_pooled(m, self.pool) for m in maps]
+
+
+class MirroredLevels(nn.Module):
+    """`trunk: mirrored`, the ablation: the deepest pooled map through dense layers as wide as
+    the DAG's levels, deepest level first (next to the image); a node reads its level's layer."""
+
+    def __init__(
+        self,
+        deepest: Shape,
+        pool: int,
+        level_widths: list[int],
+        node_levels: list[int],
+        activation: Activation,
+    ):
+        super().__init__()
+        self.pool = pool
+        self.sources = node_levels
+        self.widths = level_widths
+        widths = [_pooled_width(deepest, pool), *reversed(level_widths)]
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.Linear(a, b), ACTIVATIONS[activation]())
+            for a, b in itertools.pairwise(widths)
+        )
+
+    def forward(self, maps: list[Tensor]) -> list[Tensor]:
+        h, by_level = _pooled(maps[-1], self.pool), []
+        for layer in self.layers:
+            h = layer(h)
+            by_level.append(h)
+        return by_level[::-1]  # index = level, roots first
+
+
 class Decoder(nn.Module):
     """All concepts → the deepest trunk shape → stacks mirroring the trunk, back to the image.
 
-    `residual` (if any) is injected where the map has the residual scale's shape.
+    `up[j]` takes the map of trunk scale j to the shape of scale j − 1 (the image's size for
+    j = 0), so a spatial latent group of scale j joins after the stacks deeper than j and before
+    `up[j]`.
     """
 
     def __init__(self, image: Shape, shapes: list[Shape], concept_dims: int, cfg: DAGVAEConfig):
@@ -176,14 +232,9 @@ class Decoder(nn.Module):
             for shape, target in zip(shapes, targets, strict=True)
         )
 
-    def forward(
-        self, concepts: Tensor, inject: Callable[[Tensor], Tensor] | None = None, at: int = -1
-    ) -> Tensor:
-        """Decode; `inject` (the residual group) rewrites the map of trunk scale `at`."""
-        d = self.project(concepts)
-        for j in reversed(range(len(self.up))):
-            if inject is not None and j == at:
-                d = inject(d)
+    def upsample(self, d: Tensor, scales: Iterable[int]) -> Tensor:
+        """Run the stacks `up[j]` for j in `scales` (deepest first)."""
+        for j in scales:
             d, _ = self.up[j](d)
         return d
 
@@ -195,7 +246,6 @@ class DAGVAE(AncestralModel):
         self.order = concept_nodes(cfg, spec)
         self.head = get_likelihood(spec.likelihood, spec.shape[0], cfg.mixtures)
         self.trunk = SpatialTrunk(spec.shape, cfg)
-        self.pool = cfg.pool
         scales = len(cfg.widths)
         self.residual_scale = self._scale(cfg.residual_scale, scales, "model.residual_scale")
         names = [n.name for n in self.order]
@@ -208,14 +258,13 @@ class DAGVAE(AncestralModel):
             sum(n.dims for n in self.order if depth[n.name] == level)
             for level in range(max(depth.values()) + 1)
         ]
-        self.feature_sources = self._feature_sources(cfg, scales, depth)
-        self.mirror = self._mirror(act) if cfg.trunk == "mirrored" else None
+        self.reader = self._reader(cfg, scales, depth)
         dims = {n.name: n.dims for n in self.order}
         self.heads = nn.ModuleList()
         self.priors = nn.ModuleList()
-        for node, source in zip(self.order, self.feature_sources, strict=True):
+        for node, source in zip(self.order, self.reader.sources, strict=True):
             parent_dims = sum(dims[p] for p in node.parents)
-            width = self._feature_width(cfg, source)
+            width = self.reader.widths[source]
             self.heads.append(_mlp(width + parent_dims, cfg.head_hidden, 2 * node.dims, act))
             self.priors.append(
                 _mlp(parent_dims, cfg.prior_hidden, 2 * node.dims, act)
@@ -243,51 +292,29 @@ class DAGVAE(AncestralModel):
             )
         return index % scales
 
-    def _feature_sources(self, cfg: DAGVAEConfig, scales: int, depth: dict[str, int]) -> list[int]:
-        """Per node (topological order), which entry of `features()` its head reads."""
+    def _reader(
+        self, cfg: DAGVAEConfig, scales: int, depth: dict[str, int]
+    ) -> PooledScales | MirroredLevels:
+        """What the heads read from the trunk: the one place the ablation differs."""
         if cfg.trunk == "mirrored":
-            return [depth[n.name] for n in self.order]
-        return [
+            levels_of = [depth[n.name] for n in self.order]
+            return MirroredLevels(
+                self.trunk.shapes[-1], cfg.pool, self.level_widths, levels_of, cfg.activation
+            )
+        node_scales = [
             self._scale(
                 cfg.head_scale if n.scale is None else n.scale, scales, f"node {n.name!r} scale"
             )
             for n in self.order
         ]
-
-    def _pooled_width(self, scale: int) -> int:
-        c, h, w = self.trunk.shapes[scale]
-        return c * min(h, self.pool) * min(w, self.pool)
-
-    def _feature_width(self, cfg: DAGVAEConfig, source: int) -> int:
-        if cfg.trunk == "mirrored":
-            return self.level_widths[source]
-        return self._pooled_width(source)
-
-    def _mirror(self, activation: Activation) -> nn.ModuleList:
-        """Dense layers as wide as the DAG's levels, deepest level first (next to the image)."""
-        widths = [self._pooled_width(-1), *reversed(self.level_widths)]
-        return nn.ModuleList(
-            nn.Sequential(nn.Linear(a, b), ACTIVATIONS[activation]())
-            for a, b in itertools.pairwise(widths)
-        )
+        return PooledScales(self.trunk.shapes, cfg.pool, node_scales)
 
     # ---- inference ------------------------------------------------------------------------
-    def _pooled(self, h: Tensor) -> Tensor:
-        size = (min(h.shape[2], self.pool), min(h.shape[3], self.pool))
-        return F.adaptive_avg_pool2d(h, size).flatten(1)
-
     def features(self, x: Tensor) -> list[Tensor]:
-        """What inference reads from x before anything is sampled: per-source head inputs
-        (a pooled trunk scale, or a mirrored level), then the residual scale's map if any."""
+        """What inference reads from x before anything is sampled: the heads' inputs (per
+        trunk scale, or per mirrored level), then the residual scale's map if any."""
         maps = self.trunk(self.head.prepare(x))
-        if self.mirror is None:
-            out = [self._pooled(m) for m in maps]
-        else:
-            h, by_level = self._pooled(maps[-1]), []
-            for layer in self.mirror:
-                h = layer(h)
-                by_level.append(h)
-            out = list(reversed(by_level))  # index = level
+        out = self.reader(maps)
         if self.residual:
             out.append(maps[self.residual_scale])
         return out
@@ -305,7 +332,7 @@ class DAGVAE(AncestralModel):
             p = DiagonalGaussian.from_params(self.priors[i](parents))
         if features is None:
             return None, p
-        read = features[self.feature_sources[i]]
+        read = features[self.reader.sources[i]]
         q_in = read if parents is None else torch.cat([read, parents], 1)
         return DiagonalGaussian.from_params(self.heads[i](q_in)), p
 
@@ -323,20 +350,27 @@ class DAGVAE(AncestralModel):
                 groups[node.name] = draw(q, p)
                 z[node.name] = groups[node.name].z
         concepts = torch.cat([z[node.name] for node in self.order], 1)
-        inject = (lambda d: self._add_residual(d, features, groups)) if self.residual else None
-        return self.out(self.decoder(concepts, inject, self.residual_scale)), groups
+        at, deepest = self.residual_scale, len(self.decoder.up) - 1
+        d = self.decoder.upsample(self.decoder.project(concepts), range(deepest, at, -1))
+        if self.residual:
+            d, residual = self._add_residual(d, features)
+            if residual is not None:
+                groups[RESIDUAL_GROUP] = residual
+        d = self.decoder.upsample(d, range(at, -1, -1))
+        return self.out(d), groups
 
     def _add_residual(
-        self, d: Tensor, features: list[Tensor] | None, groups: dict[str, LatentSample]
-    ) -> Tensor:
+        self, d: Tensor, features: list[Tensor] | None
+    ) -> tuple[Tensor, LatentSample | None]:
+        """The spatial residual group at the decoder's map `d`: its prior reads `d` (the
+        concepts), its posterior merges that prior with the bottom-up estimate; None when
+        sampling from the prior."""
         p = self.residual_prior(d)
         if features is None:
-            r = p.rsample()
-        else:
-            q = merge_precision_weighted(self.residual_estimate(features[-1]), p)
-            groups[RESIDUAL_GROUP] = draw(q, p)
-            r = groups[RESIDUAL_GROUP].z
-        return d + self.residual_features(r)
+            return d + self.residual_features(p.rsample()), None
+        q = merge_precision_weighted(self.residual_estimate(features[-1]), p)
+        residual = draw(q, p)
+        return d + self.residual_features(residual.z), residual
 
 
 @register_model(

@@ -8,6 +8,8 @@ node) are refused as `UserError`s.
 
 from __future__ import annotations
 
+import graphlib
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -50,37 +52,36 @@ def validate(nodes: Sequence[ConceptNode]) -> list[ConceptNode]:
 
 
 def _topological_order(nodes: Sequence[ConceptNode]) -> list[ConceptNode]:
-    """Kahn's algorithm, taking ready nodes in config order so the order is deterministic."""
-    by_name = {n.name: n for n in nodes}
-    placed: list[ConceptNode] = []
-    done: set[str] = set()
-    while len(placed) < len(nodes):
-        ready = [n for n in nodes if n.name not in done and set(n.parents) <= done]
-        if not ready:
-            cycle = _find_cycle({n.name: n.parents for n in nodes if n.name not in done})
-            raise UserError(f"model.nodes has a cycle: {' → '.join(cycle)}")
-        placed.append(ready[0])
-        done.add(ready[0].name)
-    return [by_name[n.name] for n in placed]
+    """Parents first; among nodes ready at the same time, the one listed first in the config.
 
-
-def _find_cycle(parents: Mapping[str, Sequence[str]]) -> list[str]:
-    """A cycle among nodes none of which can be placed: walk parent links until one repeats.
-
-    Every such node has an unplaced parent, so the walk never stops and must
-    revisit a node; the path from that node's first visit is the cycle. It is
-    reported in edge direction (parent → child) from the node listed first in the
-    config, and closed on it.
+    `graphlib` finds the order and names a cycle; taking one ready node at a time by config
+    position keeps the order (and so the order in which parameters are built) deterministic.
     """
-    path = [next(iter(parents))]
-    while True:
-        parent = next(p for p in parents[path[-1]] if p in parents)
-        if parent in path:
-            cycle = path[path.index(parent) :][::-1]
-            first = min(range(len(cycle)), key=lambda i: list(parents).index(cycle[i]))
-            cycle = cycle[first:] + cycle[:first]
-            return [*cycle, cycle[0]]
-        path.append(parent)
+    sorter = graphlib.TopologicalSorter({n.name: n.parents for n in nodes})
+    position = {n.name: i for i, n in enumerate(nodes)}
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as err:
+        raise UserError(
+            f"model.nodes has a cycle: {' → '.join(_from_first(err.args[1], position))}"
+        ) from None
+    ready: list[int] = []
+    placed: list[ConceptNode] = []
+    while sorter.is_active():
+        for name in sorter.get_ready():
+            heapq.heappush(ready, position[name])
+        node = nodes[heapq.heappop(ready)]
+        placed.append(node)
+        sorter.done(node.name)
+    return placed
+
+
+def _from_first(cycle: Sequence[str], position: Mapping[str, int]) -> list[str]:
+    """graphlib's closed cycle (parent → child), rotated to start at its node listed first."""
+    ring = list(cycle[:-1])
+    first = min(range(len(ring)), key=lambda i: position[ring[i]])
+    ring = ring[first:] + ring[:first]
+    return [*ring, ring[0]]
 
 
 def levels(order: Sequence[ConceptNode]) -> dict[str, int]:
