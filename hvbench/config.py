@@ -62,6 +62,8 @@ class WandbConfig:
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     project: str = "hvbench"
     entity: str | None = None
+    group: str | None = None  # default: the run's sweep, else its task
+    tags: tuple[str, ...] = ()  # added to the automatic precision / device / config tags
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class OutputConfig:
     root: str = "results"
     run_id: str | None = None  # default: <UTC time>-<seed>-<short random>
     figures: bool = True
+    sweep: str | None = None  # the sweep this run belongs to (`hvbench sweep` sets it)
+    config_name: str | None = None  # the config file it started from; resolve() fills it in
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ class RunConfig:
         }
 
 
+PRECISION_NAMES = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}  # train.precision as users say it
+
 _SHARED_SECTIONS = {
     "train": TrainConfig,
     "eval": EvalConfig,
@@ -115,6 +121,17 @@ def configs_dir() -> Path:
 def default_config_path(task: str, model: str) -> Path | None:
     path = configs_dir() / task / f"{model}.yaml"
     return path if path.is_file() else None
+
+
+def config_name(path: Path | None) -> str:
+    """How a run names the file it started from: `toy-corr/vae` for a shipped config, the file's
+    stem for a user's own, `defaults` for none (W&B tags and the report group runs by it)."""
+    if path is None:
+        return "defaults"
+    try:
+        return Path(path).resolve().relative_to(configs_dir().resolve()).with_suffix("").as_posix()
+    except ValueError:
+        return Path(path).stem
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -182,6 +199,8 @@ def resolve(
         default = default_config_path(task_name, model_name)
         if default is not None:
             raw = merge(read_yaml(default), raw)
+    source = config_file or default_config_path(task_name, model_name)
+    raw = merge({"output": {"config_name": config_name(source)}}, raw)
     task_raw = {k: v for k, v in _section(raw, "task").items() if k != "name"}
     model_raw = {k: v for k, v in _section(raw, "model").items() if k != "name"}
     sections = {

@@ -51,15 +51,7 @@ def execute(cfg: RunConfig) -> Path:
         create_run_dir(Path(cfg.output.root), cfg.task_name, cfg.model_name, run_id)
         save_config(run_dir, cfg.to_dict())
     accelerator.wait_for_everyone()
-    tracker = Tracker(
-        cfg.wandb.mode,
-        cfg.wandb.project,
-        cfg.wandb.entity,
-        run_dir,
-        run_id,
-        cfg.to_dict(),
-        accelerator.is_main_process,
-    )
+    tracker = Tracker(cfg, run_dir, run_id, accelerator.device, accelerator.is_main_process)
     try:
         train_images = task.splits["train"].to(accelerator.device)
         val_images = task.splits["val"].to(accelerator.device)

@@ -1,13 +1,20 @@
-"""Weights & Biases logging that never blocks a run.
+"""What a run logs, kept twice: in the run folder (`history.jsonl`) and in Weights & Biases.
 
+The run folder's copy is what the HTML report draws curves from, so a run
+compared on disk needs no W&B account. W&B is never allowed to block a run:
 `auto` honours $WANDB_MODE when set, otherwise goes online only when
-credentials exist (env or ~/.netrc), else offline. An online start that fails
-(no network) falls back to offline with a warning, so a run never hangs on W&B.
-Metric names are exactly those of metrics.json.
+credentials exist (env or ~/.netrc), else offline; an online start that fails
+(no network) falls back to offline with a warning.
+
+In W&B a run is grouped as its users compare runs: `group` = the sweep (or the
+task), `job_type` = the model, tags for precision, device kind and config name.
+Every curve shares one step axis (`step`, declared with `define_metric`), and
+the summary holds the final test metrics under the same names as metrics.json.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import netrc
 import os
@@ -15,9 +22,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 import wandb
 
+from hvbench.config import PRECISION_NAMES, RunConfig
+
 INIT_TIMEOUT_S = 30
+STEP = "step"  # the x axis every logged curve shares
+HISTORY = "history.jsonl"
+MAX_TAG = 64  # W&B refuses longer tags
 
 
 def has_credentials() -> bool:
@@ -38,31 +51,49 @@ def resolve_mode(mode: str) -> str:
     return "online" if has_credentials() else "offline"
 
 
+def device_kind(device: torch.device) -> str:
+    """`cpu`, or the accelerator's model (`NVIDIA H200`): what people filter runs by."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def group_name(cfg: RunConfig) -> str:
+    return cfg.wandb.group or cfg.output.sweep or cfg.task_name
+
+
+def init_kwargs(cfg: RunConfig, run_dir: Path, run_id: str, device: str) -> dict[str, Any]:
+    """The arguments of `wandb.init` for one run (tested offline; nothing here needs a network)."""
+    tags = [PRECISION_NAMES[cfg.train.precision], device, cfg.output.config_name or "defaults"]
+    tags += list(cfg.wandb.tags)
+    return {
+        "project": cfg.wandb.project,
+        "entity": cfg.wandb.entity,
+        "dir": str(run_dir),
+        "name": run_id,
+        "group": group_name(cfg),
+        "job_type": cfg.model_name,
+        "tags": list(dict.fromkeys(tag[:MAX_TAG] for tag in tags)),
+        "config": cfg.to_dict(),
+        "reinit": "finish_previous",
+    }
+
+
 class Tracker:
-    """A W&B run on the main process; a no-op elsewhere or when disabled."""
+    """Logs of one run on the main process: history.jsonl always, W&B unless disabled.
+
+    A no-op on the other processes (`enabled` False).
+    """
 
     def __init__(
-        self,
-        mode: str,
-        project: str,
-        entity: str | None,
-        run_dir: Path,
-        run_id: str,
-        config: dict[str, Any],
-        enabled: bool,
+        self, cfg: RunConfig, run_dir: Path, run_id: str, device: torch.device, enabled: bool
     ):
-        self.mode = resolve_mode(mode) if enabled else "disabled"
+        self.history = Path(run_dir) / HISTORY if enabled else None
+        self.mode = resolve_mode(cfg.wandb.mode) if enabled else "disabled"
         self.run = None
         if self.mode == "disabled":
             return
-        kwargs = dict(
-            project=project,
-            entity=entity,
-            dir=str(run_dir),
-            name=run_id,
-            config=config,
-            reinit="finish_previous",
-        )
+        kwargs = init_kwargs(cfg, run_dir, run_id, device_kind(device))
         try:
             self.run = wandb.init(mode=self.mode, settings=self._settings(), **kwargs)
         except Exception as err:
@@ -71,6 +102,8 @@ class Tracker:
             warnings.warn(f"W&B online start failed ({err}); logging offline instead", stacklevel=2)
             self.mode = "offline"
             self.run = wandb.init(mode="offline", settings=self._settings(), **kwargs)
+        self.run.define_metric(STEP)
+        self.run.define_metric("*", step_metric=STEP)
 
     @staticmethod
     def _settings() -> wandb.Settings:
@@ -79,15 +112,17 @@ class Tracker:
         )
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.history is not None:
+            row = {STEP: step, **{k: _finite_or_none(v) for k, v in metrics.items()}}
+            with open(self.history, "a") as f:
+                f.write(json.dumps(row) + "\n")
         if self.run is not None:
-            self.run.log({k: v for k, v in metrics.items() if _loggable(v)}, step=step)
+            self.run.log({**{k: v for k, v in metrics.items() if _loggable(v)}, STEP: step})
 
     def log_figures(self, figures: dict[str, Path], step: int) -> None:
         if self.run is not None and figures:
-            self.run.log(
-                {f"figures/{name}": wandb.Image(str(path)) for name, path in figures.items()},
-                step=step,
-            )
+            images = {f"figures/{name}": wandb.Image(str(path)) for name, path in figures.items()}
+            self.run.log({**images, STEP: step})
 
     def summarise(self, metrics: dict[str, Any]) -> None:
         if self.run is not None:
@@ -97,6 +132,31 @@ class Tracker:
         if self.run is not None:
             self.run.finish(exit_code=exit_code)
             self.run = None
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """A run's logged rows, one per step in step order.
+
+    Rows of one step are merged, later lines winning: a resumed run logs again
+    the steps between its last checkpoint and the interruption. A line cut
+    short by a kill is skipped.
+    """
+    by_step: dict[int, dict[str, Any]] = {}
+    path = Path(run_dir) / HISTORY
+    if not path.is_file():
+        return []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get(STEP), int):
+            by_step.setdefault(row[STEP], {}).update(row)
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _loggable(value: Any) -> bool:

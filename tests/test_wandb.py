@@ -1,43 +1,121 @@
-"""W&B: an offline run logs the same metric names and values as metrics.json, with no network."""
+"""W&B: what a run hands to the real wandb (offline, no network), captured at the call.
+
+The fixture wraps the real `wandb.init`, `Run.log`, `Run.define_metric` and the
+summary's `update`: each call is recorded and then passes through to wandb, so
+the run is a real offline run and nothing reads W&B's own files back.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+import wandb
+from wandb.sdk.wandb_run import Run
+from wandb.sdk.wandb_summary import Summary
 
-from hvbench.tracking import resolve_mode
-from tests.conftest import CONFIGS, run_cli
-from tests.wandb_records import history
+from hvbench.config import resolve
+from hvbench.run import execute
+from hvbench.tracking import Tracker, init_kwargs, read_history, resolve_mode
+from tests.conftest import CONFIGS
+
+SMOKE = CONFIGS / "smoke" / "toy-vae.yaml"
 
 
-def test_offline_run_logs_what_metrics_json_holds(tmp_path: Path) -> None:
-    result = run_cli(
-        "run",
-        "--config",
-        str(CONFIGS / "smoke" / "toy-vae.yaml"),
-        "--wandb",
-        "offline",
-        cwd=tmp_path,
+@pytest.fixture
+def wandb_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
+    calls: dict[str, list[Any]] = {"init": [], "log": [], "define_metric": [], "summary": []}
+
+    def record(name: str, real: Any, pick: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[name].append(pick(*args, **kwargs))
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(wandb, "init", record("init", wandb.init, lambda **kw: kw))
+    monkeypatch.setattr(Run, "log", record("log", Run.log, lambda self, data, **kw: dict(data)))
+    monkeypatch.setattr(
+        Run,
+        "define_metric",
+        record("define_metric", Run.define_metric, lambda self, name, **kw: (name, kw)),
     )
-    assert result.returncode == 0, result.stderr
-    (run_dir,) = (tmp_path / "results" / "runs" / "toy-corr" / "vae").iterdir()
-    (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    rows = history(run_file)
-    logged = {k: v for row in rows for k, v in row.items()}
+    monkeypatch.setattr(
+        Summary, "update", record("summary", Summary.update, lambda self, d: dict(d))
+    )
+    return calls
+
+
+def test_offline_run_hands_wandb_what_metrics_json_holds(
+    tmp_path: Path, wandb_calls: dict[str, list[Any]]
+) -> None:
+    cfg = resolve(
+        config_file=SMOKE,
+        overrides=[
+            "wandb.mode=offline",
+            f"output.root={tmp_path / 'results'}",
+            "output.sweep=smoke",
+        ],
+    )
+    run_dir = execute(cfg)
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
-    for key in (
-        "test/elbo_nats",
-        "test/iwae_nats",
-        "test/collapse_rate",
-        "perf/train_images_per_s",
-    ):
-        assert logged[key] == pytest.approx(metrics[key], rel=1e-9), key
-    steps = [row["_step"] for row in rows if "train/loss" in row]
+
+    (init,) = wandb_calls["init"]
+    assert init["mode"] == "offline" and init["name"] == run_dir.name
+    assert (init["group"], init["job_type"]) == ("smoke", "vae")
+    assert init["tags"] == ["fp32", "cpu", "smoke/toy-vae"]
+    assert init["config"]["train"]["seed"] == 0 and init["config"]["output"]["sweep"] == "smoke"
+
+    assert ("*", {"step_metric": "step"}) in wandb_calls["define_metric"]
+    rows = wandb_calls["log"]
+    assert all("step" in row for row in rows)
+    steps = [row["step"] for row in rows if "train/loss" in row]
     assert steps == [10, 15, 20, 30]  # log_every=10 plus the eval_every=15 validation
-    assert any(key.startswith("figures/") for key in logged)
-    assert "val/elbo_nats" in logged
+    assert any("val/elbo_nats" in row for row in rows)
+    figures = {k: v for row in rows for k, v in row.items() if k.startswith("figures/")}
+    assert "figures/samples" in figures
+    assert all(isinstance(v, wandb.Image) for v in figures.values())
+
+    (summary,) = wandb_calls["summary"]
+    logged = {k: v for row in rows for k, v in row.items()}
+    for key in ("test/elbo_nats", "test/iwae_nats", "test/collapse_rate", "perf/train_images_per_s"):
+        assert summary[key] == pytest.approx(metrics[key], rel=1e-9), key
+        assert logged[key] == pytest.approx(metrics[key], rel=1e-9), key
+
+    history = read_history(run_dir)
+    assert [row["step"] for row in history if "train/loss" in row] == steps
+    assert history[-1]["test/elbo_nats"] == pytest.approx(metrics["test/elbo_nats"])
+
+
+def test_init_arguments_group_by_sweep_or_task_and_tag_precision(tmp_path: Path) -> None:
+    plain = resolve("toy-corr", "lvae", overrides=["train.precision=bf16"])
+    kwargs = init_kwargs(plain, tmp_path, "r1", "NVIDIA H200")
+    assert (kwargs["group"], kwargs["job_type"]) == ("toy-corr", "lvae")
+    assert kwargs["tags"] == ["bf16", "NVIDIA H200", "toy-corr/lvae"]
+    swept = resolve(
+        "toy-corr", "lvae", overrides=["output.sweep=seeds", "wandb.tags=[paper]"]
+    )
+    kwargs = init_kwargs(swept, tmp_path, "r2", "cpu")
+    assert kwargs["group"] == "seeds" and kwargs["tags"][-1] == "paper"
+    grouped = resolve("toy-corr", "lvae", overrides=["wandb.group=ablation"])
+    assert init_kwargs(grouped, tmp_path, "r3", "cpu")["group"] == "ablation"
+
+
+def test_history_survives_a_resume_and_a_torn_line(tmp_path: Path) -> None:
+    cfg = resolve(config_file=SMOKE)  # wandb.mode disabled: only the run folder's history
+    tracker = Tracker(cfg, tmp_path, "r", torch.device("cpu"), enabled=True)
+    for step in (10, 20, 30):
+        tracker.log({"train/loss": float(step)}, step)
+    tracker.log({"train/loss": 99.0, "val/elbo_nats": float("nan")}, 20)  # logged again on resume
+    with open(tmp_path / "history.jsonl", "a") as f:
+        f.write('{"step": 40, "train/lo')  # killed mid-line
+    rows = read_history(tmp_path)
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    assert rows[1] == {"step": 20, "train/loss": 99.0, "val/elbo_nats": None}
+    assert Tracker(cfg, tmp_path, "r", torch.device("cpu"), enabled=False).history is None
 
 
 def test_auto_mode_is_offline_without_credentials(
