@@ -11,11 +11,14 @@ Preprocessing, once (`hvbench data prepare --task celeba --source PATH`, or the
 first run): crop the box (15, 40, 163, 188) (PIL's left, upper, right, lower;
 148×148) and resize to 64×64 with PIL's antialiased bilinear filter, which is
 what NVAE's `CropCelebA64` followed by torchvision's `Resize(64)` do to a PIL
-image. Channel-first uint8 pixels, the split and the 40 attributes (0/1) go to
-one Arrow IPC file per source under `$HVBENCH_CACHE/celeba/`; a run without
-`task.source` uses the last one prepared. The data source a run records is
-the sha256 of the stored bytes, so the same pixels carry the same name however
-they arrived. Splits are the official partition (162,770 / 19,867 / 19,962);
+image. 🤗 `datasets` does the work: `map(num_proc=task.workers)` decodes and
+preprocesses the images in worker processes, and `save_to_disk` stores
+channel-first uint8 pixels and the 40 attributes (0/1) per split under
+`$HVBENCH_CACHE/celeba/<key>/`; a run without `task.source` uses the last one
+prepared. A run memory-maps that Arrow data (`load_from_disk`) and copies its
+pixels out once, in seconds. The data source a run records is the sha256 of
+the stored bytes, so the same pixels carry the same name however they
+arrived. Splits are the official partition (162,770 / 19,867 / 19,962);
 the final evaluation reports validation (what NVAE and Efficient-VDVAE report)
 and test.
 """
@@ -26,29 +29,32 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import pyarrow as pa
 import torch
 from PIL import Image
 
-from hvbench.atomic import write_atomic, write_json
+from hvbench.atomic import write_json
 from hvbench.errors import UserError
 from hvbench.registry import register_task
 from hvbench.task import TaskData, TaskSpec
-from hvbench.tasks._common import SPLITS, finish_cache, open_hf_dataset, read_meta, track
+from hvbench.tasks._common import SPLITS, finish_cache, open_hf_dataset, read_meta
 
-PREPROCESSING = "celeba64-v1"  # crop box, resize filter, stored layout
+if TYPE_CHECKING:  # imported on use: it is slow, and most runs never need it
+    import datasets
+
+PREPROCESSING = "celeba64-v1"  # crop box and resize filter: names the pixels a run reads
+CACHE_FORMAT = "datasets-1"  # how a cache stores them: part of its key, so old caches are rebuilt
 CROP_BOX = (15, 40, 163, 188)
 ALIGNED_SIZE = (178, 218)  # width, height of img_align_celeba
 SIZE = 64
 PIXELS = 3 * SIZE * SIZE
-CHUNK = 256  # images per worker job and per Arrow record batch
+CHUNK = 256  # images per `map` batch, and per block of the content hash
+DATASET = "celeba64"  # the save_to_disk folder inside a cache
 HOMEPAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 PARTITION_FILE, ATTRIBUTE_FILE, IMAGE_FOLDER = (
     "list_eval_partition.txt",
@@ -80,13 +86,13 @@ class CelebAConfig:
     workers: int = 0  # processes decoding JPEGs while preparing; 0 → one per CPU core
 
 
-class Chunk(NamedTuple):
-    """Consecutive images of one split, preprocessed."""
+class Rows(NamedTuple):
+    """One split before preprocessing: a 🤗 dataset whose `image` column holds file paths or
+    undecoded 🤗 images ({"bytes", "path"}), and its attribute columns in ATTRIBUTES order."""
 
-    split: int  # index into SPLITS
-    names: list[str]
-    pixels: np.ndarray  # (n, 3, 64, 64) uint8
-    attributes: np.ndarray | None  # (n, 40) int8 in {0, 1}
+    dataset: datasets.Dataset
+    image: str
+    attributes: list[str] | None
 
 
 def to_64(data: str | bytes, name: str) -> np.ndarray:
@@ -106,9 +112,21 @@ def to_64(data: str | bytes, name: str) -> np.ndarray:
     return np.asarray(small).transpose(2, 0, 1)
 
 
-def _load_files(paths: list[str]) -> np.ndarray:
-    """A worker's job: decode and preprocess image files (module level, so it pickles)."""
-    return np.stack([to_64(path, path) for path in paths])
+def _preprocess(
+    batch: dict[str, list], indices: list[int], rows: Rows, split: str
+) -> dict[str, np.ndarray]:
+    """A `map` job: a batch of rows → (n, 3, 64, 64) uint8 pixels and (n, 40) int8 attributes."""
+    pixels = []
+    for value, index in zip(batch[rows.image], indices, strict=True):
+        if isinstance(value, str):  # a file of the official folder
+            pixels.append(to_64(value, value))
+        else:
+            name = f"{split} row {index}" + (f" ({value['path']})" if value["path"] else "")
+            pixels.append(to_64(value["bytes"] or value["path"], name))
+    out = {"image": np.stack(pixels)}
+    if rows.attributes is not None:
+        out["attributes"] = (np.array([batch[a] for a in rows.attributes]).T > 0).astype(np.int8)
+    return out
 
 
 # ---- the official folder ---------------------------------------------------------------
@@ -148,20 +166,10 @@ def _attributes(folder: Path) -> dict[str, np.ndarray]:
     return rows
 
 
-def _decode(paths: list[list[str]], workers: int) -> Iterator[np.ndarray]:
-    """Preprocessed chunks in order, decoded by `workers` processes (1: in this one)."""
-    if workers == 1:
-        yield from map(_load_files, paths)
-        return
-    pool = ProcessPoolExecutor(workers or os.cpu_count())
-    try:
-        yield from pool.map(_load_files, paths)
-    finally:  # on an error, drop the queued jobs instead of decoding them all first
-        pool.shutdown(cancel_futures=True)
+def _folder_rows(folder: Path) -> dict[str, Rows]:
+    """Check the official layout, then each split's image paths and attributes."""
+    import datasets
 
-
-def _folder_chunks(folder: Path, workers: int) -> tuple[Iterator[Chunk], int]:
-    """Check the official layout, then (chunks in split order, image count)."""
     images = _require(folder / IMAGE_FOLDER, "image folder")
     partition, attributes = _partition(folder), _attributes(folder)
     present = set(os.listdir(images))
@@ -173,19 +181,17 @@ def _folder_chunks(folder: Path, workers: int) -> tuple[Iterator[Chunk], int]:
             )
         if name not in attributes:
             raise UserError(f"{folder / ATTRIBUTE_FILE} has no row for {name}")
-    jobs: list[tuple[int, list[str]]] = []
+    rows = {}
     for split, split_name in enumerate(SPLITS):
         names = [name for name, s in partition if s == split]
         if not names:
             raise UserError(f"{folder / PARTITION_FILE} puts no image in the {split_name} split")
-        jobs += [(split, names[i : i + CHUNK]) for i in range(0, len(names), CHUNK)]
-
-    def chunks() -> Iterator[Chunk]:
-        decoded = _decode([[str(images / n) for n in names] for _, names in jobs], workers)
-        for (split, names), pixels in zip(jobs, decoded, strict=True):
-            yield Chunk(split, names, pixels, np.stack([attributes[n] for n in names]))
-
-    return chunks(), len(partition)
+        table = np.stack([attributes[n] for n in names])
+        columns = {a: table[:, k] for k, a in enumerate(ATTRIBUTES)}
+        paths = [str(images / n) for n in names]
+        dataset = datasets.Dataset.from_dict({"image": paths, **columns})
+        rows[split_name] = Rows(dataset, "image", list(ATTRIBUTES))
+    return rows
 
 
 # ---- a 🤗 dataset ---------------------------------------------------------------------------
@@ -220,23 +226,8 @@ def _hf_columns(split: Any, source: str) -> tuple[str, list[str] | None]:
     return images[0], found
 
 
-def _hf_chunk(
-    split: int, start: int, images: list[dict], batch: dict, attrs: list[str] | None
-) -> Chunk:
-    """Preprocess one batch of undecoded 🤗 rows ({"bytes", "path"} image dicts)."""
-    names = [
-        f"{SPLITS[split]} row {start + i}" + (f" ({image['path']})" if image["path"] else "")
-        for i, image in enumerate(images)
-    ]
-    pixels = np.stack(
-        [to_64(image["bytes"] or image["path"], n) for image, n in zip(images, names, strict=True)]
-    )
-    values = None if attrs is None else (np.array([batch[a] for a in attrs]).T > 0)
-    return Chunk(split, names, pixels, None if values is None else values.astype(np.int8))
-
-
-def _hf_chunks(source: str) -> tuple[Iterator[Chunk], int, bool]:
-    """(chunks in split order, image count, has attributes) for a 🤗 dataset."""
+def _hf_rows(source: str) -> dict[str, Rows]:
+    """Each split of a 🤗 dataset, its image column left undecoded."""
     import datasets
 
     dataset = open_hf_dataset(source)
@@ -251,55 +242,86 @@ def _hf_chunks(source: str) -> tuple[Iterator[Chunk], int, bool]:
     columns = [_hf_columns(split, source) for split in splits]
     if len({attrs is None for _, attrs in columns}) > 1:
         raise UserError(f"🤗 dataset {source}: only some splits have the attribute columns")
-
-    def chunks() -> Iterator[Chunk]:
-        for code, (split, (image, attrs)) in enumerate(zip(splits, columns, strict=True)):
-            raw = split.cast_column(image, datasets.Image(decode=False))
-            for start, batch in zip(range(0, len(raw), CHUNK), raw.iter(CHUNK), strict=True):
-                yield _hf_chunk(code, start, batch[image], batch, attrs)
-
-    return chunks(), sum(len(s) for s in splits), columns[0][1] is not None
+    return {
+        name: Rows(split.cast_column(image, datasets.Image(decode=False)), image, attrs)
+        for name, split, (image, attrs) in zip(SPLITS, splits, columns, strict=True)
+    }
 
 
 # ---- the cache --------------------------------------------------------------------------
 
 
-def _schema(with_attributes: bool) -> pa.Schema:
-    fields = [
-        pa.field("image", pa.binary(PIXELS)),
-        pa.field("split", pa.int8()),
-        pa.field("name", pa.string()),
-    ]
-    if with_attributes:
-        fields.append(pa.field("attributes", pa.list_(pa.int8(), len(ATTRIBUTES))))
-    return pa.schema(fields)
+def _processes(workers: int, rows: int) -> int | None:
+    """`map`'s num_proc: one per CPU core for 0, never more than there are rows."""
+    processes = min(workers or os.cpu_count() or 1, rows)
+    return processes if processes > 1 else None
 
 
-def _write_arrow(path: Path, chunks: Iterator[Chunk], total: int, with_attributes: bool) -> dict:
-    """Stream chunks into one Arrow IPC file; return the counts and the content hash."""
-    digest, counts = hashlib.sha256(), dict.fromkeys(SPLITS, 0)
-    schema = _schema(with_attributes)
+def _build(folder: Path, rows: dict[str, Rows], workers: int) -> None:
+    """Preprocess every split with `map` in worker processes and `save_to_disk` the result."""
+    import datasets
 
-    def write(f: Any) -> None:
-        with pa.ipc.new_file(f, schema) as writer:
-            for chunk in track(chunks, total, "CelebA: preprocessing", lambda c: len(c.names)):
-                n = len(chunk.names)
-                pixels = pa.py_buffer(np.ascontiguousarray(chunk.pixels))
-                columns = [
-                    pa.Array.from_buffers(pa.binary(PIXELS), n, [None, pixels]),
-                    pa.array(np.full(n, chunk.split, np.int8)),
-                    pa.array(chunk.names),
-                ]
-                digest.update(chunk.pixels.tobytes() + bytes([chunk.split]) * n)
-                if with_attributes:
-                    flat = pa.array(chunk.attributes.reshape(-1))
-                    columns.append(pa.FixedSizeListArray.from_arrays(flat, len(ATTRIBUTES)))
-                    digest.update(chunk.attributes.tobytes())
-                writer.write_batch(pa.record_batch(columns, schema=schema))
-                counts[SPLITS[chunk.split]] += n
+    features = {"image": datasets.Array3D((3, SIZE, SIZE), "uint8")}
+    if rows["train"].attributes is not None:
+        features["attributes"] = datasets.Sequence(datasets.Value("int8"), length=len(ATTRIBUTES))
+    shutil.rmtree(folder, ignore_errors=True)  # what an interrupted prepare left (no meta.json)
+    scratch = folder / "map"
+    scratch.mkdir(parents=True)
+    try:
+        processed = {
+            split: r.dataset.map(
+                _preprocess,
+                batched=True,
+                batch_size=CHUNK,
+                with_indices=True,
+                fn_kwargs={"rows": r, "split": split},
+                remove_columns=r.dataset.column_names,
+                features=datasets.Features(features),
+                num_proc=_processes(workers, len(r.dataset)),
+                cache_file_name=str(scratch / f"{split}.arrow"),
+                load_from_cache_file=False,
+                desc=f"CelebA: preprocessing {split}",
+            )
+            for split, r in rows.items()
+        }
+        datasets.DatasetDict(processed).save_to_disk(str(folder / DATASET))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # a broken image: nothing half-built stays
+        raise
+    del processed  # let go of the map outputs before removing them
+    shutil.rmtree(scratch)
 
-    write_atomic(path, write)
-    return {"source": f"{PREPROCESSING} sha256:{digest.hexdigest()}", "counts": counts}
+
+def _arrays(split: datasets.Dataset, limit: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A split's first `limit` images (None: all) as (n, 3, 64, 64) uint8 and its attributes as
+    (n, 40) int8 or None, copied once out of the memory-mapped Arrow table."""
+    table = split.with_format("arrow")[: len(split) if limit is None else limit]
+    pixels = np.concatenate([chunk.to_numpy() for chunk in table.column("image").chunks])
+    if "attributes" not in table.column_names:
+        return pixels, None
+    flat = [chunk.flatten().to_numpy() for chunk in table.column("attributes").chunks]
+    return pixels, np.concatenate(flat).reshape(len(pixels), len(ATTRIBUTES))
+
+
+def _load(folder: Path, limit: int | None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    import datasets
+
+    saved = datasets.load_from_disk(str(folder / DATASET))
+    return {split: _arrays(saved[split], limit) for split in SPLITS}
+
+
+def _digest(data: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> str:
+    """sha256 of the stored bytes, in the order celeba64-v1 has always hashed them: per block
+    of CHUNK images of a split, the pixels, the split's code once per image, the attributes."""
+    digest = hashlib.sha256()
+    for code, split in enumerate(SPLITS):
+        pixels, attributes = data[split]
+        for start in range(0, len(pixels), CHUNK):
+            block = pixels[start : start + CHUNK]
+            digest.update(block.tobytes() + bytes([code]) * len(block))
+            if attributes is not None:
+                digest.update(attributes[start : start + CHUNK].tobytes())
+    return digest.hexdigest()
 
 
 def _current(cache_dir: Path) -> Path:
@@ -320,50 +342,24 @@ def prepare_celeba(cfg: CelebAConfig, cache_dir: Path) -> Path:
     if not local.exists() and not hub_id:
         raise UserError(f"CelebA folder not found: {local}; {HOW_TO_GET}")
     origin = str(local.resolve()) if local.exists() else cfg.source
-    key = hashlib.sha256(f"{PREPROCESSING}|{origin}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{PREPROCESSING}|{CACHE_FORMAT}|{origin}".encode()).hexdigest()[:16]
     folder = Path(cache_dir) / "celeba" / key
     if read_meta(folder) is None:
         saved = any((local / f).is_file() for f in ("dataset_dict.json", "state.json"))
-        if local.is_dir() and not saved:
-            chunks, total = _folder_chunks(local, cfg.workers)
-            with_attributes = True
-        else:
-            chunks, total, with_attributes = _hf_chunks(cfg.source)
-        written = _write_arrow(folder / "celeba64.arrow", chunks, total, with_attributes)
-        attributes = list(ATTRIBUTES) if with_attributes else []
-        finish_cache(folder, {**written, "origin": origin, "attributes": attributes})
+        rows = _folder_rows(local) if local.is_dir() and not saved else _hf_rows(cfg.source)
+        _build(folder, rows, cfg.workers)
+        data = _load(folder, None)
+        finish_cache(
+            folder,
+            {
+                "source": f"{PREPROCESSING} sha256:{_digest(data)}",
+                "counts": {split: len(pixels) for split, (pixels, _) in data.items()},
+                "origin": origin,
+                "attributes": list(ATTRIBUTES) if rows["train"].attributes else [],
+            },
+        )
     write_json(_current(cache_dir), {"cache": key, "origin": origin})
     return folder
-
-
-def _read_arrow(path: Path, counts: dict[str, int], limit: int | None) -> dict[str, tuple]:
-    """split → (pixels (n, 3, 64, 64) uint8, attributes (n, 40) int8 or None), copied once."""
-    sizes = {s: counts[s] if limit is None else min(counts[s], limit) for s in SPLITS}
-    reader = pa.ipc.open_file(pa.memory_map(str(path)))
-    with_attributes = "attributes" in reader.schema.names
-    out = {
-        s: (
-            np.empty((n, 3, SIZE, SIZE), np.uint8),
-            np.empty((n, len(ATTRIBUTES)), np.int8) if with_attributes else None,
-        )
-        for s, n in sizes.items()
-    }
-    filled = dict.fromkeys(SPLITS, 0)
-    for i in range(reader.num_record_batches):
-        batch = reader.get_batch(i)
-        split = SPLITS[batch.column("split")[0].as_py()]
-        take = min(batch.num_rows, sizes[split] - filled[split])
-        if take <= 0:
-            continue
-        image = batch.column("image")
-        pixels = np.frombuffer(image.buffers()[1], np.uint8, PIXELS * take, PIXELS * image.offset)
-        start = filled[split]
-        out[split][0][start : start + take] = pixels.reshape(take, 3, SIZE, SIZE)
-        if with_attributes:
-            values = batch.column("attributes").flatten().to_numpy()[: take * len(ATTRIBUTES)]
-            out[split][1][start : start + take] = values.reshape(take, -1)
-        filled[split] += take
-    return out
 
 
 @register_task(
@@ -377,9 +373,12 @@ def load_celeba(cfg: CelebAConfig, cache_dir: Path) -> TaskData:
         raise UserError(f"task.max_per_split must be at least 1, got {cfg.max_per_split}")
     folder = prepare_celeba(cfg, cache_dir)
     meta = read_meta(folder)
-    if meta is None:
-        raise UserError(f"CelebA cache {folder} is incomplete: prepare it again")
-    data = _read_arrow(folder / "celeba64.arrow", meta["counts"], cfg.max_per_split)
+    if meta is None or not (folder / DATASET).is_dir():
+        raise UserError(
+            f"CelebA cache {folder} is incomplete or from an older hvbench: prepare it again "
+            "(hvbench data prepare --task celeba --source FOLDER)"
+        )
+    data = _load(folder, cfg.max_per_split)
     names = tuple(meta["attributes"])
     limit = "" if cfg.max_per_split is None else f"(max_per_split={cfg.max_per_split})"
     return TaskData(

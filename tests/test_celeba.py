@@ -102,6 +102,8 @@ def test_runs_after_prepare_need_no_source_and_no_images(fake_copy: Path, tmp_pa
     shutil.rmtree(fake_copy)  # the cache alone serves later runs
     again = ENTRY.build(config(), tmp_path / "cache")
     assert again.source == first.source == json.loads((folder / "meta.json").read_text())["source"]
+    saved = datasets.load_from_disk(str(folder / "celeba64"))  # a plain 🤗 save_to_disk folder
+    assert {s: len(saved[s]) for s in saved} == {"train": 24, "val": 6, "test": 6}
     assert all(torch.equal(again.splits[s], first.splits[s]) for s in first.splits)
     limited = ENTRY.build(config(max_per_split=4), tmp_path / "cache")
     assert len(limited.splits["train"]) == 4 and limited.source.endswith("(max_per_split=4)")
@@ -189,6 +191,7 @@ def test_corrupt_or_wrong_images_are_named(fake_copy: Path, tmp_path: Path) -> N
     broken.write_bytes(broken.read_bytes()[:300])
     with pytest.raises(UserError, match=f"corrupt image {broken}: "):
         ENTRY.prepare(config(source=str(fake_copy)), tmp_path / "a")
+    assert list((tmp_path / "a" / "celeba").iterdir()) == []  # nothing half-built is kept
     Image.new("RGB", (64, 64)).save(broken)
     with pytest.raises(UserError, match=f"{broken} is 64×64, not an aligned 178×218 CelebA"):
         ENTRY.prepare(config(source=str(fake_copy)), tmp_path / "b")
