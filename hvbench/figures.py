@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import einops
 import matplotlib
 
 matplotlib.use("Agg")
@@ -38,14 +39,12 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def _tile(images: Tensor, columns: int) -> Tensor:
-    """(N, C, H, W) → one (H·rows, W·columns, C) mosaic with 1-pixel gaps."""
+    """(N, C, H, W) → one (rows·(H+1), columns·(W+1), C) mosaic: a 1-pixel white gap after
+    every image, blank cells after the last."""
     n, c, h, w = images.shape
-    rows = -(-n // columns)
-    canvas = torch.ones(c, rows * (h + 1), columns * (w + 1))
-    for i in range(n):
-        r, col = divmod(i, columns)
-        canvas[:, r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = images[i]
-    return canvas.permute(1, 2, 0)
+    cells = torch.ones(-(-n // columns) * columns, c, h + 1, w + 1)
+    cells[:n, :, :h, :w] = images
+    return einops.rearrange(cells, "(rows cols) c h w -> (rows h) (cols w) c", cols=columns)
 
 
 def _show(ax: plt.Axes, mosaic: Tensor) -> None:
