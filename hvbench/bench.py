@@ -8,7 +8,6 @@ side with its official code on the same machine.
 
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 import torch
 
+from hvbench.device import peak_memory_mb, synchronize
 from hvbench.task import TaskSpec
 
 
@@ -77,14 +77,9 @@ def measure(
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     return BenchResult(
         model=name,
         mode="train" if train else "eval",
@@ -94,7 +89,7 @@ def measure(
         images_per_s=batch_size * len(times) / sum(times),
         median_step_ms=1000 * statistics.median(times),
         parameters=sum(p.numel() for p in model.parameters()),
-        peak_memory_mb=peak,
+        peak_memory_mb=peak_memory_mb(device),
         device=str(device),
         threads=torch.get_num_threads(),
     )

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from hvbench import disentanglement
 from hvbench.config import EvalConfig
+from hvbench.device import synchronize
 from hvbench.metrics import group_collapse, nats_to_bits_per_dim, unit_activity
 from hvbench.task import TaskData
 
@@ -81,7 +82,7 @@ def evaluate_split(
             with accelerator.autocast():
                 outs.append(model(x))
         if b >= warmup:
-            _sync(accelerator)
+            synchronize(accelerator.device)
             timed_seconds += time.perf_counter() - t0
             timed_images += len(x) * passes
         sums["elbo"].append(torch.stack([o.elbo for o in outs]).mean(0))
@@ -117,11 +118,6 @@ def evaluate_split(
         for g, k in kl_units.items()
     }
     return SplitEvaluation(metrics, units, post_means, factor_unit)
-
-
-def _sync(accelerator: Accelerator) -> None:
-    if accelerator.device.type == "cuda":
-        torch.cuda.synchronize(accelerator.device)
 
 
 def _per_dim(prefix: str, nats: float, task: TaskData) -> dict[str, float]:

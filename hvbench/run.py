@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
-import resource
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +20,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from hvbench import disentanglement, figures
 from hvbench.atomic import write_json
 from hvbench.config import RunConfig
+from hvbench.device import device_name, peak_memory_mb
 from hvbench.errors import UserError
 from hvbench.evaluate import SplitEvaluation, evaluate_split, mean_elbo
 from hvbench.paths import cache_dir
@@ -75,7 +74,7 @@ def execute(cfg: RunConfig) -> Path:
             {
                 "perf/train_images_per_s": result.images_per_s,
                 "perf/parameters": parameters,
-                "perf/peak_memory_mb": _peak_memory_mb(accelerator),
+                "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
                 "train/skipped_steps": result.skipped_steps,
             }
         )
@@ -128,19 +127,6 @@ def _check_splits(task: TaskData) -> None:
         )
 
 
-def _peak_memory_mb(accelerator: Accelerator) -> float:
-    """Peak device memory on a GPU; peak resident set size of the process on a CPU."""
-    if accelerator.device.type == "cuda":
-        return torch.cuda.max_memory_allocated(accelerator.device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-
-
-def _device_name(accelerator: Accelerator) -> str:
-    if accelerator.device.type == "cuda":
-        return torch.cuda.get_device_name(accelerator.device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def _run_info(
     cfg: RunConfig, task: TaskData, accelerator: Accelerator, steps: int, started: float
 ) -> dict[str, Any]:
@@ -150,7 +136,7 @@ def _run_info(
         "batch_size": cfg.train.batch_size,
         "world_size": accelerator.num_processes,
         "precision": cfg.train.precision,
-        "device": _device_name(accelerator),
+        "device": device_name(accelerator.device),
         "data_source": task.source,
         "likelihood": task.spec.likelihood,
         "eval_splits": list(task.eval_splits),

@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from torch import Tensor
 
 from hvbench.config import TrainConfig
+from hvbench.device import synchronize
 from hvbench.objective import beta_at, training_loss
 from hvbench.progress import StepReporter
 
@@ -100,8 +101,7 @@ def train(
                     f"(last at step {step}); lower train.lr or use train.precision=no"
                 )
             if step > warmup:
-                if accelerator.device.type == "cuda":
-                    torch.cuda.synchronize(accelerator.device)
+                synchronize(accelerator.device)
                 timed_seconds += time.perf_counter() - t0
                 timed_images += len(x) * accelerator.num_processes
             record: dict[str, float] = {}
