@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from hvbench.config import build, read_yaml, section_overrides
 from hvbench.device import peak_memory_mb, synchronize
-from hvbench.task import TaskSpec
+from hvbench.errors import UserError
+from hvbench.registry import MODELS
+from hvbench.task import Likelihood, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,36 @@ class BenchResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def bench_model(
+    model: str | None,
+    config_file: Path | None,
+    overrides: Sequence[str],
+    shape: str,
+    likelihood: Likelihood,
+) -> tuple[str, torch.nn.Module, TaskSpec]:
+    """(name, model, input spec) of `hvbench bench`: a run config's `model` section, then
+    `--set model.KEY=VALUE` overrides, `model` naming it unless None, built for `shape` (C,H,W)."""
+    base = read_yaml(config_file).get("model", {}) if config_file else {}
+    raw = section_overrides(overrides, "model", "bench", base)
+    name = model or raw.get("name")
+    if not name:
+        raise UserError(f"no model given: use --model NAME (one of: {', '.join(MODELS.names())})")
+    entry = MODELS.get(name)
+    spec = TaskSpec(shape=_shape(shape), likelihood=likelihood)
+    options = build(entry.config, {k: v for k, v in raw.items() if k != "name"}, "model")
+    return name, entry.build(options, spec), spec
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise UserError(f"--shape must be C,H,W (e.g. 1,28,28), got {text!r}")
+    return shape
 
 
 def synthetic_batch(spec: TaskSpec, batch_size: int, generator: torch.Generator) -> torch.Tensor:

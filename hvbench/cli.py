@@ -59,19 +59,15 @@ def _leaderboard(args: argparse.Namespace) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from hvbench.config import build, parse_override
+    from hvbench.config import build, section_overrides
     from hvbench.paths import cache_dir
     from hvbench.registry import TASKS
 
     entry = TASKS.get(args.task)
     if entry.prepare is None:
         raise UserError(f"task {args.task!r} needs no preparation (it is generated in memory)")
-    raw: dict = {}
-    for text in args.set + ([f"task.source={args.source}"] if args.source else []):
-        keys, value = parse_override(text)
-        if keys[0] != "task" or len(keys) != 2:
-            raise UserError(f"data prepare only takes task.KEY=VALUE overrides, got {text!r}")
-        raw[keys[1]] = value
+    overrides = args.set + ([f"task.source={args.source}"] if args.source else [])
+    raw = section_overrides(overrides, "task", "data prepare")
     path = entry.prepare(build(entry.config, raw, "task"), cache_dir())
     Console().print(f"prepared {args.task}: [bold]{path}[/bold]")
 
@@ -81,33 +77,11 @@ def _bench(args: argparse.Namespace) -> None:
 
     import torch
 
-    from hvbench.bench import measure
-    from hvbench.config import build, merge, parse_override, read_yaml
-    from hvbench.registry import MODELS
-    from hvbench.task import TaskSpec
+    from hvbench.bench import bench_model, measure
 
-    raw = read_yaml(args.config).get("model", {}) if args.config else {}
-    for text in args.set:
-        keys, value = parse_override(text)
-        if keys[0] != "model" or len(keys) != 2:
-            raise UserError(f"bench only takes model.KEY=VALUE overrides, got {text!r}")
-        raw = merge(raw, {keys[1]: value})
-    name = args.model or raw.get("name")
-    if not name:
-        raise UserError(f"no model given: use --model NAME (one of: {', '.join(MODELS.names())})")
-    entry = MODELS.get(name)
-    try:
-        shape = tuple(int(v) for v in args.shape.lower().replace("x", ",").split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise UserError(f"--shape must be C,H,W (e.g. 1,28,28), got {args.shape!r}")
+    name, model, spec = bench_model(args.model, args.config, args.set, args.shape, args.likelihood)
     if args.threads:
         torch.set_num_threads(args.threads)
-    spec = TaskSpec(shape=shape, likelihood=args.likelihood)
-    model = entry.build(
-        build(entry.config, {k: v for k, v in raw.items() if k != "name"}, "model"), spec
-    )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     result = measure(
         name,

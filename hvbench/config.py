@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -170,6 +171,28 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def apply_overrides(base: dict[str, Any], texts: Iterable[str]) -> dict[str, Any]:
+    """`base` (a config file's mapping) with `--set a.b=c` overrides merged in, in order."""
+    for text in texts:
+        keys, value = parse_override(text)
+        for key in reversed(keys):
+            value = {key: value}
+        base = merge(base, value)
+    return base
+
+
+def section_overrides(
+    texts: Sequence[str], section: str, command: str, base: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`base` (one section's mapping) with the overrides of a command that takes only
+    `section.KEY=VALUE` ones (`bench`, `data prepare`)."""
+    for text in texts:
+        keys, _ = parse_override(text)
+        if keys[0] != section or len(keys) != 2:
+            raise UserError(f"{command} only takes {section}.KEY=VALUE overrides, got {text!r}")
+    return apply_overrides({section: base or {}}, texts)[section]
+
+
 def resolve(
     task: str | None = None,
     model: str | None = None,
@@ -177,13 +200,7 @@ def resolve(
     overrides: list[str] = (),
 ) -> RunConfig:
     """Build the run config: defaults ← configs/<task>/<model>.yaml or --config ← --set."""
-    raw: dict[str, Any] = read_yaml(config_file) if config_file else {}
-    for text in overrides:
-        keys, value = parse_override(text)
-        nested: dict[str, Any] = value
-        for key in reversed(keys):
-            nested = {key: nested}
-        raw = merge(raw, nested)
+    raw = apply_overrides(read_yaml(config_file) if config_file else {}, overrides)
     unknown = set(raw) - set(SECTIONS)
     if unknown:
         bad = sorted(unknown)[0]

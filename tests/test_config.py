@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from hvbench.config import RunConfig, TrainConfig, parse_override, read_yaml, resolve
+from hvbench.config import (
+    RunConfig,
+    TrainConfig,
+    parse_override,
+    read_yaml,
+    resolve,
+    section_overrides,
+)
 from hvbench.errors import UserError
 from tests.conftest import CONFIGS
 
@@ -87,3 +94,20 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "saved.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     assert resolve(config_file=path) == cfg
+
+
+def test_a_one_section_command_takes_only_its_section_in_order() -> None:
+    """`bench` and `data prepare` read `--set` through the same parser as `run`."""
+    base = {"name": "vae", "latent_dim": 2}
+    texts = ["model.latent_dim=3", "model.widths=[8, 16]", "model.latent_dim=4"]
+    assert section_overrides(texts, "model", "bench", base) == {
+        "name": "vae",
+        "latent_dim": 4,
+        "widths": [8, 16],
+    }
+    with pytest.raises(
+        UserError, match=r"^bench only takes model\.KEY=VALUE overrides, got 'train\.steps=1'$"
+    ):
+        section_overrides(["train.steps=1"], "model", "bench")
+    with pytest.raises(UserError, match=r"^data prepare only takes task\.KEY=VALUE overrides"):
+        section_overrides(["task.a.b=1"], "task", "data prepare")
