@@ -165,6 +165,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    from hvbench.cpu import configure
+
+    configure()  # this process's share of the cores under any launcher; a steady allocator
     try:
         args.func(args)
     except UserError as err:
