@@ -24,7 +24,7 @@ from hvbench.registry import MODELS, TASKS
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and the training objective (DESIGN §5)."""
+    """Optimisation and the training objective (docs/design.md §5)."""
 
     steps: int = 2000
     epochs: float | None = None  # when set, steps = epochs · len(train) / batch_size
@@ -46,7 +46,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Final evaluation on the task's evaluation splits (DESIGN §6)."""
+    """Final evaluation on the task's evaluation splits (docs/design.md §6)."""
 
     batch_size: int = 500
     max_examples: int | None = None  # cap per split, for smoke runs

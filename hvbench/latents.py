@@ -67,7 +67,7 @@ def per_unit(elementwise: Tensor) -> Tensor:
 
 @dataclass
 class ModelOutput:
-    """What every model returns for a batch (DESIGN §3).
+    """What every model returns for a batch (docs/design.md §3.2).
 
     `kl_units[g]` is (B, units) in nats; `post_mean[g]` is E_q[z_g | x, parents]
     for the sampled parents, (B, units) or (B, C, H, W); `px_params` are the
@@ -196,7 +196,7 @@ def importance_log_weights(
 
 
 class AncestralModel(nn.Module):
-    """The model contract (DESIGN §3) for a hierarchy drawn in one ancestral pass.
+    """The model contract (docs/design.md §3.2) for a hierarchy drawn in one ancestral pass.
 
     A subclass gives two methods and gets `forward`, `sample` and `log_weights`:
     `features(x)`, what inference computes from x before anything is sampled

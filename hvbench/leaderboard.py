@@ -1,6 +1,6 @@
 """The leaderboard: rebuilt from every `metrics.json` on disk, never typed by hand.
 
-Rows carry their estimator, split and data source (DESIGN §6 provenance), so
+Rows carry their estimator, split and data source (docs/design.md §6.7), so
 unlike numbers are never silently compared: a generated dSprites grid is shown
 as such, and bits/dim only appear where the data are discrete.
 """

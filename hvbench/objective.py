@@ -1,4 +1,4 @@
-"""The training objective of DESIGN §5 and its KL schedule.
+"""The training objective (docs/design.md §5) and its KL schedule.
 
 loss = −( w_rec · log p(x|z) − β(t) · Σ_groups max(KL_g, λ_free) ), with the
 free-bits floor applied to each group's batch-mean KL (Kingma et al. 2016), so

@@ -1,4 +1,4 @@
-"""The training loop: plain PyTorch under Accelerate (DESIGN §3, §5, §9).
+"""The training loop: plain PyTorch under Accelerate (docs/design.md §3, §5, §8.2, §9).
 
 Data never goes through a DataLoader: a split is one tensor on the device and
 a batch is an index gather from a seeded permutation, each process taking its

@@ -1,6 +1,6 @@
 """Checks every latent-variable model must pass, shared by the model test files.
 
-Each takes a built model and a batch and asserts the maths of DESIGN §3/§6:
+Each takes a built model and a batch and asserts the maths of docs/design.md §3.2 and §6:
 KL terms against Monte Carlo, the IWAE bound against the ELBO, bf16 against
 fp32. A new model's tests call them instead of restating them.
 """

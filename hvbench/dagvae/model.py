@@ -1,6 +1,6 @@
 """`dagvae`: latents that follow a concept DAG, read from a spatial trunk by conceptual heads.
 
-The problem this model answers (docs/design.md, "Models"): a bottom-up network whose layers
+The problem this model answers (docs/design.md §4): a bottom-up network whose layers
 mirror the latent DAG squeezes the image through layers as narrow as the
 DAG's levels (two units for a single two-dimensional root) and loses it. Here
 the hierarchical *image features* and the *conceptual latents* are separate:
