@@ -1,4 +1,4 @@
-"""Command line: `hvbench run | list | leaderboard | bench | data prepare`.
+"""Command line: `hvbench run | list | leaderboard | sweep | report | bench | data prepare`.
 
 Works the same as `python -m hvbench`, under `accelerate launch -m hvbench`
 and under `torchrun -m hvbench`. Bad input (a `UserError`) prints one line and
@@ -51,11 +51,36 @@ def _list(args: argparse.Namespace) -> None:
 
 
 def _leaderboard(args: argparse.Namespace) -> None:
-    from hvbench.leaderboard import build, print_table
+    from hvbench.leaderboard import SEED_COLUMNS, build, print_table
 
-    main, _ = build(Path(args.root))
+    main, _, seeds = build(Path(args.root))
+    print_table(seeds, columns=SEED_COLUMNS, title="hvbench leaderboard over seeds (mean ± std)")
     print_table(main)
     Console().print(f"wrote {Path(args.root) / 'leaderboard.md'} and .csv ({len(main)} runs)")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from hvbench.sweep import dry_run, load, run_here, submit
+
+    sweep = load(args.file, args.out)
+    if args.dry_run:
+        dry_run(sweep)
+    elif args.executor == "here":
+        counts = run_here(sweep)
+        print(f"sweep {sweep.name}: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
+        if counts["failed"]:
+            sys.exit(1)
+    else:
+        folder = sweep.root / "sweeps" / sweep.name / "submitit"
+        submit(sweep, args.executor, folder, args.wait)
+        print(f"sweep {sweep.name}: job logs in {folder}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from hvbench.report import build
+
+    path = build(Path(args.root), Path(args.out) if args.out else None)
+    Console().print(f"wrote [bold]{path}[/bold]")
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -135,6 +160,27 @@ def parser() -> argparse.ArgumentParser:
         "--root", default="results", help="results root holding runs/ (default: results)"
     )
     board.set_defaults(func=_leaderboard)
+
+    sweep = sub.add_parser(
+        "sweep", help="run a grid of runs (tasks × models × variants × seeds) from a YAML file"
+    )
+    sweep.add_argument("file", type=Path, help="sweep file, e.g. configs/sweeps/smoke.yaml")
+    sweep.add_argument("--dry-run", action="store_true", help="print the run commands only")
+    sweep.add_argument(
+        "--executor",
+        choices=("here", "local", "slurm"),
+        default="here",
+        help="here: one run after another in this shell (default); slurm: one SLURM job per "
+        "run through submitit; local: submitit's local executor (jobs on this machine)",
+    )
+    sweep.add_argument("--wait", action="store_true", help="local/slurm: wait for the jobs")
+    sweep.add_argument("--out", help="results root of every run (output.root)")
+    sweep.set_defaults(func=_sweep)
+
+    report = sub.add_parser("report", help="write results/report.html: every run on one page")
+    report.add_argument("--root", default="results", help="results root holding runs/")
+    report.add_argument("--out", help="output file (default: ROOT/report.html)")
+    report.set_defaults(func=_report)
 
     bench = sub.add_parser("bench", help="time a model's train or eval steps on synthetic data")
     bench.add_argument("--model", help="model name (default: the config's model.name)")

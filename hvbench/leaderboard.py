@@ -18,7 +18,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from hvbench import aggregate, published
+from hvbench.aggregate import Spread
 from hvbench.atomic import write_text
+from hvbench.config import PRECISION_NAMES
 
 COLUMNS = (
     ("task", "task"),
@@ -42,6 +45,7 @@ COLUMNS = (
     ("steps", "steps"),
     ("data_source", "data source"),
 )
+SEED_COLUMNS = aggregate.columns(COLUMNS)
 GROUP_COLUMNS = (
     "task",
     "model",
@@ -100,7 +104,7 @@ def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "eval_images_per_s": m.get(f"perf/{split}_eval_images_per_s"),
                 "parameters": m.get("perf/parameters"),
                 "device": f"{info['device']} ×{info['world_size']}",
-                "precision": info["precision"],
+                "precision": PRECISION_NAMES.get(info["precision"], info["precision"]),
                 "steps": info["steps"],
                 "data_source": info["data_source"],
             }
@@ -133,6 +137,10 @@ def group_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _fmt(value: Any) -> str:
     if value is None:
         return "—"
+    if isinstance(value, Spread):
+        return f"{_fmt(value.mean)} ± {_fmt(value.std)}"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
     if isinstance(value, float):
         if abs(value) >= 1000:
             return f"{value:,.0f}"
@@ -156,10 +164,64 @@ def _csv(fieldnames: list[str], records: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def build(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rebuild `leaderboard.md`, `leaderboard.csv` and `leaderboard_groups.csv` under `root`."""
+def seed_rows(root: Path, main: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The board over seeds: one row per task, model and config (hvbench.aggregate)."""
+    configs = {
+        (r["task"], r["model"], r["run_id"]): aggregate.run_config(
+            Path(root) / "runs" / r["task"] / r["model"] / r["run_id"]
+        )
+        for r in main
+    }
+    return aggregate.over_seeds(main, configs)
+
+
+def cells(r: dict[str, Any], columns: tuple[tuple[str, str], ...]) -> list[str]:
+    """A row's values as shown, −ELBO per dim with its unit."""
+    return [
+        _fmt(r.get(key))
+        + (f" {r['nll_unit']}" if key == "nll_per_dim" and r.get(key) is not None else "")
+        for key, _ in columns
+    ]
+
+
+def _seeds_markdown(seeds: list[dict[str, Any]]) -> list[str]:
+    cards = published.load()
+    header = [title for _, title in SEED_COLUMNS]
+    out = [
+        "## Over seeds",
+        "",
+        "One row per task, model and config (a hash of config.yaml without the seed, output and",
+        "W&B keys): mean ± sample standard deviation (n − 1) over its n runs; a value equal in",
+        "every run is shown once. Every run is listed under Runs.",
+        "",
+        _markdown(header, [cells(r, SEED_COLUMNS) for r in seeds]),
+        "",
+    ]
+    if cards:
+        out += [
+            "## Published (*published*: other code, budgets and estimators; not ranked)",
+            "",
+            _markdown(
+                ["task", "model", "value", "estimator", "split", "source"],
+                [
+                    [c["task"], f"*{c['model']}* (published)", f"{c['value']} {c['unit']}"]
+                    + [str(c[k]) for k in ("estimator", "split", "source")]
+                    for c in cards
+                ],
+            ),
+            "",
+        ]
+    return out
+
+
+def build(
+    root: Path,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rebuild `leaderboard.md`, `leaderboard.csv`, `leaderboard_seeds.csv` and
+    `leaderboard_groups.csv` under `root`; returns the per-run, group and over-seeds rows."""
     runs = load_runs(root)
     main, groups = rows(runs), group_rows(runs)
+    seeds = seed_rows(root, main)
     header = [title for _, title in COLUMNS]
     md = [
         "# hvbench leaderboard",
@@ -170,6 +232,9 @@ def build(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         "collapse: 1 − active units (Var_x E_q[z_u] > 0.01); KL-collapse: units with mean KL < 0.01 nats.",
         "MIG: mutual information gap of E_q[z|x] (20 bins); DCI-lasso D: Eastwood & Williams disentanglement",
         "from lasso weights (not disentanglement_lib's gradient-boosted-tree DCI); — where a task has no factors.",
+        "",
+        *_seeds_markdown(seeds),
+        "## Runs",
         "",
         _markdown(
             header,
@@ -193,15 +258,23 @@ def build(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         Path(root) / "leaderboard.csv", _csv([key for key, _ in COLUMNS] + ["nll_unit"], main)
     )
     write_text(Path(root) / "leaderboard_groups.csv", _csv(list(GROUP_COLUMNS), groups))
-    return main, groups
+    flat = aggregate.flat(seeds)
+    fields = list(dict.fromkeys(k for r in flat for k in r))
+    write_text(Path(root) / "leaderboard_seeds.csv", _csv(fields, flat))
+    return main, groups, seeds
 
 
-def print_table(main: list[dict[str, Any]], console: Console | None = None) -> None:
-    table = Table(title="hvbench leaderboard", show_lines=False)
-    shown = [c for c in COLUMNS if c[0] not in ("device", "data_source", "run_id")]
+def print_table(
+    main: list[dict[str, Any]],
+    console: Console | None = None,
+    columns: tuple[tuple[str, str], ...] = COLUMNS,
+    title: str = "hvbench leaderboard",
+) -> None:
+    table = Table(title=title, show_lines=False)
+    shown = [c for c in columns if c[0] not in ("device", "data_source", "run_id", "seeds")]
     for _, title in shown:
         table.add_column(title, overflow="fold")
     for r in main:
-        table.add_row(*[_fmt(r[key]) for key, _ in shown])
+        table.add_row(*[_fmt(r.get(key)) for key, _ in shown])
     # a pipe or a log file gets the whole table rather than rich's 80-column default
     (console or Console(width=None if sys.stdout.isatty() else 220)).print(table)

@@ -1,0 +1,144 @@
+"""The leaderboard over seeds: the runs of one configuration read as one result, mean ± std.
+
+Runs belong together when they share task, model and configuration, the seed
+and the bookkeeping keys (where a run is written and logged, how often it
+checkpoints) aside, and report the same split and IWAE k. A number is only a
+result with its spread: the sample standard deviation over seeds (n − 1), shown
+only from two seeds on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+# config keys that change where or how a run is recorded, never what it computes
+NOT_CONFIG = {"output": None, "wandb": None, "train": ("seed", "checkpoint_every", "keep_checkpoints")}
+# row fields that identify a group rather than measure it
+GROUP_BY = ("task", "model", "config", "split", "iwae_k")
+
+
+class Spread(NamedTuple):
+    """A metric over seeds: mean and sample standard deviation."""
+
+    mean: float
+    std: float
+
+
+def columns(per_run: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The over-seeds table's (key, title) columns: the per-run ones, the run id replaced by
+    the config hash, the number of runs and their seeds."""
+    out: list[tuple[str, str]] = []
+    for key, title in per_run:
+        out += [("config", "config"), ("n", "n"), ("seeds", "seeds")] if key == "run_id" else [(key, title)]
+    return tuple(out)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Eight hex digits naming what a run computes (its config without seed and bookkeeping)."""
+    kept = {}
+    for section, value in config.items():
+        dropped = NOT_CONFIG.get(section, ())
+        if dropped is None:
+            continue
+        if isinstance(value, dict) and dropped:
+            value = {k: v for k, v in value.items() if k not in dropped}
+        kept[section] = value
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def run_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config a run saved, or None when it has none that can be read."""
+    try:
+        config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def over_seeds(
+    rows: Iterable[dict[str, Any]], configs: dict[tuple[str, str, str], dict[str, Any] | None]
+) -> list[dict[str, Any]]:
+    """One row per (task, model, config, split, k) from the leaderboard's per-run rows.
+
+    `configs` maps (task, model, run_id) to the run's saved config; a run without
+    one stands alone. Every field that varies over the group is aggregated: numbers
+    to a `Spread`, "a/b" counts to the mean count over the same b, anything else to
+    its distinct values. Fields equal over the group keep their value.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        config = configs.get((row["task"], row["model"], row["run_id"]))
+        key = config_hash(config) if config is not None else f"run {row['run_id']}"
+        row = {**row, "config": key, "seed": (config or {}).get("train", {}).get("seed")}
+        groups.setdefault(tuple(row.get(k) for k in GROUP_BY), []).append(row)
+    out = []
+    for members in groups.values():
+        merged = {k: _combine([m.get(k) for m in members]) for k in members[0]}
+        seeds = sorted((m["seed"] for m in members if m["seed"] is not None), key=str)
+        merged.update(n=len(members), seeds=seeds, runs=[m["run_id"] for m in members])
+        del merged["run_id"], merged["seed"]
+        out.append(merged)
+    return sorted(out, key=lambda r: (r["task"], -_mean_or_inf(r.get("elbo_nats"))))
+
+
+def flat(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for CSV, with the same columns in every row: a field that is a Spread in any row
+    becomes <key>_mean and <key>_std everywhere (std 0 where all seeds agreed, empty for n = 1)."""
+    spread = {k for r in rows for k, v in r.items() if isinstance(v, Spread)}
+    out = []
+    for row in rows:
+        record: dict[str, Any] = {}
+        for key, value in row.items():
+            if key in spread:
+                mean, std = value if isinstance(value, Spread) else (value, None)
+                if std is None and value is not None and row["n"] > 1:
+                    std = 0.0
+                record[f"{key}_mean"], record[f"{key}_std"] = mean, std
+            elif isinstance(value, list):
+                record[key] = " ".join(map(str, value))
+            else:
+                record[key] = value
+        out.append(record)
+    return out
+
+
+def _combine(values: list[Any]) -> Any:
+    if all(v == values[0] for v in values):
+        return values[0]
+    if any(v is None for v in values):
+        return None  # a metric a seed could not compute: the per-run table shows which
+    if all(_is_number(v) for v in values):
+        return Spread(statistics.fmean(values), statistics.stdev(values))
+    counts = [_count(v) for v in values]
+    if all(counts) and len({d for _, d in counts}) == 1:
+        numerators = [n for n, _ in counts]
+        return f"{statistics.fmean(numerators):.1f} ± {statistics.stdev(numerators):.1f}/{counts[0][1]}"
+    return ", ".join(dict.fromkeys(map(str, values)))
+
+
+def _count(value: Any) -> tuple[int, int] | None:
+    """'3/10' → (3, 10): the active/units column."""
+    if isinstance(value, str) and value.count("/") == 1:
+        a, b = value.split("/")
+        if a.isdigit() and b.isdigit():
+            return int(a), int(b)
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _mean_or_inf(value: Any) -> float:
+    if isinstance(value, Spread):
+        return value.mean
+    return value if _is_number(value) else -math.inf

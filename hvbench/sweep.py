@@ -1,0 +1,310 @@
+"""Sweeps: a grid of runs (tasks × models × variants × seeds) declared in one YAML file.
+
+Every entry is resolved with the same code as `hvbench run` before the first
+run starts, so a typo in the fortieth entry stops the sweep before anything is
+trained. Each entry has a run id derived from the sweep's name, its variant and
+its seed (task and model are already in the run folder's path), which makes a
+sweep re-runnable: a finished run is skipped, an interrupted one resumed with
+`hvbench run --resume RUN_DIR`.
+
+Each run is the ordinary `hvbench run` command, launched by `launcher`
+(`accelerate launch -m hvbench` for several GPUs). Runs go one after another
+here, or one job each through submitit (SLURM, or submitit's local executor):
+an existing scheduler, not a queue of our own.
+
+```yaml
+name: seeds                       # run ids: <name>[-<variant>]-s<seed>
+tasks: [toy-corr, toy-uncorr]
+models: [vae, lvae]
+seeds: [0, 1, 2]                  # or a count: 3
+config: smoke/toy-{model}.yaml    # optional; default configs/<task>/<model>.yaml
+set: {train.steps: 500}           # optional; overrides for every run
+variants:                         # optional; named override sets, one more axis
+  beta1: {}
+  beta4: {train.beta: 4}
+launcher: [accelerate, launch, -m, hvbench]   # optional; default: this python -m hvbench
+executor: {timeout_min: 240, gpus_per_node: 1, slurm_partition: gpu}  # submitit's parameters
+```
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hvbench.config import configs_dir, read_yaml, resolve
+from hvbench.errors import UserError
+from hvbench.registry import MODELS, TASKS
+
+KEYS = ("name", "tasks", "models", "seeds", "config", "set", "variants", "launcher", "executor")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # one safe path component
+RESUMABLE = ("running", "interrupted")  # a run killed mid-way still says "running"
+# config sections that say where and how a run is recorded, not what it computes
+BOOKKEEPING = ("output", "wandb")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One run of a sweep."""
+
+    task: str
+    model: str
+    seed: int
+    variant: str | None
+    config: Path | None
+    overrides: tuple[str, ...]  # --set KEY=VALUE, seed, run id and sweep name included
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        variant = f" {self.variant}" if self.variant else ""
+        return f"{self.task}/{self.model}{variant} seed {self.seed}"
+
+    def run_args(self) -> list[str]:
+        """The `hvbench run` arguments that start this run."""
+        args = ["run", "--task", self.task, "--model", self.model]
+        if self.config is not None:
+            args += ["--config", str(self.config)]
+        for text in self.overrides:
+            args += ["--set", text]
+        return args
+
+    def resume_args(self) -> list[str]:
+        return ["run", "--resume", str(self.run_dir)]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    root: Path  # output.root of every run
+    entries: tuple[Entry, ...]
+    launcher: tuple[str, ...]
+    executor: dict[str, Any]
+
+
+def load(path: Path, root: str | None = None) -> Sweep:
+    """Read a sweep file and resolve every entry; any bad entry is a `UserError` here."""
+    spec = read_yaml(Path(path))
+    unknown = sorted(set(spec) - set(KEYS))
+    if unknown:
+        raise UserError(f"unknown sweep key {unknown[0]!r} in {path}; allowed: {', '.join(KEYS)}")
+    name = spec.get("name", Path(path).stem)
+    if not isinstance(name, str) or not NAME.match(name):
+        raise UserError(
+            f"sweep name {name!r} must be one path component of letters, digits, '-', '_', '.'"
+        )
+    tasks, models = _names(spec, "tasks"), _names(spec, "models")
+    for task in tasks:
+        TASKS.get(task)  # an unknown name is named before its config file is looked for
+    for model in models:
+        MODELS.get(model)
+    seeds = _seeds(spec.get("seeds", [0]))
+    shared = _overrides(spec.get("set") or {}, "set")
+    variants = spec.get("variants") or {None: {}}
+    if not isinstance(variants, dict) or not all(
+        v is None or (isinstance(v, str) and NAME.match(v)) for v in variants
+    ):
+        raise UserError("sweep key 'variants' must map names (letters, digits, '-', '_') to overrides")
+    entries = []
+    for task in tasks:
+        for model in models:
+            config = _config_file(spec.get("config"), task, model)
+            for variant, extra in variants.items():
+                for seed in seeds:
+                    run_id = "-".join([name, *([variant] if variant else []), f"s{seed}"])
+                    overrides = [
+                        *shared,
+                        *_overrides(extra or {}, f"variants.{variant}"),
+                        f"train.seed={seed}",
+                        f"output.run_id={run_id}",
+                        f"output.sweep={name}",
+                        *([f"output.root={root}"] if root else []),
+                    ]
+                    cfg = resolve(task, model, config, overrides)
+                    run_dir = Path(cfg.output.root) / "runs" / task / model / run_id
+                    _check_unchanged(run_dir, cfg.to_dict())
+                    entries.append(
+                        Entry(task, model, seed, variant, config, tuple(overrides), run_dir)
+                    )
+    launcher = spec.get("launcher") or [sys.executable, "-m", "hvbench"]
+    if not isinstance(launcher, list) or not all(isinstance(a, str) for a in launcher):
+        raise UserError(f"sweep key 'launcher' must be a list of strings, got {launcher!r}")
+    executor = spec.get("executor") or {}
+    if not isinstance(executor, dict):
+        raise UserError(f"sweep key 'executor' must be a mapping, got {executor!r}")
+    return Sweep(name, Path(cfg.output.root), tuple(entries), tuple(launcher), executor)
+
+
+def state(run_dir: Path) -> str:
+    """new | finished | failed | running | interrupted, from the run folder's status.json.
+
+    A folder with metrics.json and no status.json (written before runs kept a
+    status) is finished; one with neither was cut short: `interrupted`.
+    """
+    if not run_dir.is_dir():
+        return "new"
+    try:
+        status = json.loads((run_dir / "status.json").read_text())["status"]
+    except FileNotFoundError:
+        return "finished" if (run_dir / "metrics.json").is_file() else "interrupted"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "interrupted"
+    return status if status in ("finished", "failed", *RESUMABLE) else "interrupted"
+
+
+def plan(sweep: Sweep) -> list[tuple[Entry, str, list[str] | None]]:
+    """Each entry with its state and the command that brings it to finished (None: nothing)."""
+    out = []
+    for entry in sweep.entries:
+        now = state(entry.run_dir)
+        args = {"new": entry.run_args(), **dict.fromkeys(RESUMABLE, entry.resume_args())}.get(now)
+        out.append((entry, now, [*sweep.launcher, *args] if args else None))
+    return out
+
+
+def dry_run(sweep: Sweep, echo: Callable[[str], None] = print) -> None:
+    for entry, now, command in plan(sweep):
+        if command is None:
+            echo(f"# {entry.label}: {now}, nothing to do ({entry.run_dir})")
+        else:
+            echo(shlex.join(command))
+
+
+def run_here(sweep: Sweep, echo: Callable[[str], None] = print) -> dict[str, int]:
+    """Run the sweep's pending entries one after another; returns how many ended how.
+
+    A failed run does not stop the sweep (the others still say something); a
+    Ctrl-C does, after the run in progress has saved itself.
+    """
+    counts = {"skipped": 0, "finished": 0, "failed": 0}
+    steps = plan(sweep)
+    for i, (entry, now, command) in enumerate(steps, 1):
+        if command is None:
+            counts["skipped"] += 1
+            echo(f"[{i}/{len(steps)}] {entry.label}: {now}, skipped")
+            continue
+        verb = "starting" if now == "new" else f"resuming ({now})"
+        echo(f"[{i}/{len(steps)}] {entry.label}: {verb}")
+        try:
+            code = subprocess.run(command).returncode
+        except KeyboardInterrupt:
+            echo(f"sweep {sweep.name!r} interrupted at {entry.label}; the same command resumes it")
+            raise SystemExit(130) from None
+        counts["finished" if code == 0 else "failed"] += 1
+        if code != 0:
+            echo(f"[{i}/{len(steps)}] {entry.label}: exited with status {code}")
+    return counts
+
+
+def submit(
+    sweep: Sweep, cluster: str, folder: Path, wait: bool, echo: Callable[[str], None] = print
+) -> list[Any]:
+    """One submitit job per pending entry, each the ordinary `hvbench run` command."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    try:
+        executor.update_parameters(name=f"hvbench-{sweep.name}", **sweep.executor)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"sweep {sweep.name!r}: bad executor parameters: {err}") from None
+    jobs = []
+    for entry, now, command in plan(sweep):
+        if command is None:
+            echo(f"{entry.label}: {now}, skipped")
+            continue
+        job = executor.submit(submitit.helpers.CommandFunction(command, cwd=Path.cwd()))
+        echo(f"{entry.label}: submitted job {job.job_id} ({shlex.join(command)})")
+        jobs.append(job)
+    if wait:
+        for job in jobs:
+            try:
+                job.result()
+            except Exception as err:  # the job's own log holds the run's error
+                echo(f"job {job.job_id} failed: {str(err).strip().splitlines()[-1]}")
+    return jobs
+
+
+def _names(spec: dict[str, Any], key: str) -> list[str]:
+    value = spec.get(key)
+    if isinstance(value, str):
+        value = [value]
+    if not value or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UserError(f"sweep key {key!r} must be a non-empty list of names, got {value!r}")
+    return value
+
+
+def _seeds(value: Any) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return list(range(value))
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in value)
+        and len(set(value)) == len(value)
+    ):
+        return value
+    raise UserError(f"sweep key 'seeds' must be a count ≥ 1 or a list of distinct ints, got {value!r}")
+
+
+def _overrides(mapping: Any, where: str) -> list[str]:
+    """{'train.steps': 500} → ['train.steps=500'], values written so `--set` reads them back."""
+    if not isinstance(mapping, dict):
+        raise UserError(f"sweep key {where!r} must map config keys to values, got {mapping!r}")
+    return [f"{key}={_scalar(value)}" for key, value in mapping.items()]
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, str) and yaml.safe_load(value or "''") == value:
+        return value
+    return json.dumps(value)  # JSON is YAML: lists, numbers, booleans, null, quoted strings
+
+
+def _config_file(pattern: Any, task: str, model: str) -> Path | None:
+    if pattern is None:
+        return None
+    if not isinstance(pattern, str):
+        raise UserError(f"sweep key 'config' must be a path pattern, got {pattern!r}")
+    text = pattern.format(task=task, model=model)
+    shipped = configs_dir() / text
+    return shipped if not Path(text).is_absolute() and shipped.is_file() else Path(text)
+
+
+def _check_unchanged(run_dir: Path, wanted: dict[str, Any]) -> None:
+    """Refuse to skip or resume a run whose saved config no longer matches the sweep's entry."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+    except yaml.YAMLError:
+        return  # unreadable: the run itself will say so when resumed
+    for key, old, new in _differences(saved, wanted):
+        raise UserError(
+            f"{run_dir} was run with {key}={old!r} but the sweep now asks for {new!r}; "
+            "give the sweep a new name, or remove that run folder"
+        )
+
+
+def _differences(saved: Any, wanted: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Keys present in both configs whose values differ (bookkeeping sections aside)."""
+    if not (isinstance(saved, dict) and isinstance(wanted, dict)):
+        same = _plain(saved) == _plain(wanted)
+        return [] if same else [(prefix, saved, wanted)]
+    out = []
+    for key in saved.keys() & wanted.keys():
+        if prefix or key not in BOOKKEEPING:
+            out += _differences(saved[key], wanted[key], f"{prefix}.{key}" if prefix else key)
+    return sorted(out, key=lambda d: d[0])
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
