@@ -1,4 +1,5 @@
-"""Command line: `hvbench run | list | leaderboard | sweep | report | bench | data prepare`.
+"""Command line: `hvbench run | list | leaderboard | sweep | report | wandb-report | bench |
+data prepare`.
 
 Works the same as `python -m hvbench`, under `accelerate launch -m hvbench`
 and under `torchrun -m hvbench`. Bad input (a `UserError`) prints one line and
@@ -81,6 +82,26 @@ def _report(args: argparse.Namespace) -> None:
 
     path = build(Path(args.root), Path(args.out) if args.out else None)
     Console().print(f"wrote [bold]{path}[/bold]")
+
+
+def _wandb_report(args: argparse.Namespace) -> None:
+    from hvbench.wandb_report import build, describe, publish, sweep_tasks
+
+    tasks = sweep_tasks(Path(args.root), args.sweep)
+    tasks.update({task: {} for task in args.task if task not in tasks})
+    if not tasks:
+        raise UserError(
+            f"no finished runs of sweep {args.sweep!r} under {args.root}; name its tasks with --task"
+        )
+    if args.dry_run:
+        report = build(args.project, args.entity or "<your entity>", args.sweep, tasks)
+        print("\n".join(describe(report)))
+        return
+    if args.entity is None:
+        import wandb
+
+        args.entity = wandb.Api().default_entity
+    print(publish(build(args.project, args.entity, args.sweep, tasks)))
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -181,6 +202,20 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--root", default="results", help="results root holding runs/")
     report.add_argument("--out", help="output file (default: ROOT/report.html)")
     report.set_defaults(func=_report)
+
+    wandb_report = sub.add_parser(
+        "wandb-report", help="publish a W&B Report comparing a sweep's models (needs an account)"
+    )
+    wandb_report.add_argument("--project", required=True, help="W&B project the runs logged to")
+    wandb_report.add_argument("--entity", help="W&B entity (default: your default entity)")
+    wandb_report.add_argument("--sweep", required=True, help="sweep name (the runs' W&B group)")
+    wandb_report.add_argument(
+        "--task", action="append", default=[], help="a task to include (default: the sweep's tasks "
+        "found under --root)",
+    )
+    wandb_report.add_argument("--root", default="results", help="results root holding runs/")
+    wandb_report.add_argument("--dry-run", action="store_true", help="print the report's panels")
+    wandb_report.set_defaults(func=_wandb_report)
 
     bench = sub.add_parser("bench", help="time a model's train or eval steps on synthetic data")
     bench.add_argument("--model", help="model name (default: the config's model.name)")
