@@ -1,13 +1,17 @@
 """Atomic file writes: a crash or a full disk never leaves a half-written result.
 
 Everything is written to a temporary file in the destination folder and then
-renamed over the target, which POSIX makes atomic.
+renamed over the target, which POSIX makes atomic. `write_new` links the file
+into place instead, which fails rather than replace an existing one; folders
+(checkpoints) are filled under a temporary name and renamed with
+`publish_folder`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +32,50 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically; FileExistsError if `path` exists (never over it)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # atomic, and refuses an existing target (os.replace would not)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync every file in `folder` and the folder itself, so a rename publishes whole files."""
+    for path in Path(folder).iterdir():
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _sync_dir(folder)
+
+
+def publish_folder(tmp: Path, final: Path) -> None:
+    """Rename the finished folder `tmp` to `final`, replacing an older `final` if one exists."""
+    if final.exists():
+        old = final.with_name(f".old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _sync_dir(final.parent)
+
+
+def _sync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text(path: Path, text: str) -> None:

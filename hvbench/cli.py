@@ -9,6 +9,7 @@ exits with status 2 before anything is written.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hvbench.errors import UserError
+from hvbench.results import RunFailed, RunInterrupted
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -34,8 +36,25 @@ def _run(args: argparse.Namespace) -> None:
         for name, key in shortcuts.items()
         if getattr(args, name) is not None
     ]
+    if args.resume is not None:
+        from hvbench.run import resume
+
+        given = [f"--{name}" for name in ("task", "model", "config") if getattr(args, name)]
+        if given:
+            raise UserError(f"--resume continues a run with its saved config; drop {given[0]}")
+        resume(args.resume, overrides + args.set)
+        return
     cfg = resolve(args.task, args.model, args.config, overrides + args.set)
     execute(cfg)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from hvbench.run import reevaluate
+
+    for text in args.set:
+        if not text.startswith("eval."):
+            raise UserError(f"hvbench eval only takes eval.KEY=VALUE overrides, got {text!r}")
+    reevaluate(args.run_dir, args.set)
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -52,11 +71,13 @@ def _list(args: argparse.Namespace) -> None:
 
 
 def _leaderboard(args: argparse.Namespace) -> None:
-    from hvbench.leaderboard import SEED_COLUMNS, build, print_table
+    from hvbench.leaderboard import SEED_COLUMNS, build, print_table, print_unranked, unranked_runs
 
     main, _, seeds = build(Path(args.root))
     print_table(seeds, columns=SEED_COLUMNS, title="hvbench leaderboard over seeds (mean ± std)")
     print_table(main)
+    if args.all:
+        print_unranked(unranked_runs(Path(args.root)))
     Console().print(f"wrote {Path(args.root) / 'leaderboard.md'} and .csv ({len(main)} runs)")
 
 
@@ -169,7 +190,26 @@ def parser() -> argparse.ArgumentParser:
         "--wandb", choices=("auto", "online", "offline", "disabled"), help="W&B mode (wandb.mode)"
     )
     run.add_argument("--out", help="results root (output.root, default: results)")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a stopped run from its latest checkpoint, with its saved config",
+    )
     run.set_defaults(func=_run)
+
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a finished run's weights again; adds a new metrics version"
+    )
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="eval.KEY=VALUE",
+        help="change an evaluation key, e.g. eval.iwae_k=5000 (repeatable)",
+    )
+    evaluate.set_defaults(func=_eval)
 
     listing = sub.add_parser("list", help="list registered tasks and models")
     listing.set_defaults(func=_list)
@@ -179,6 +219,9 @@ def parser() -> argparse.ArgumentParser:
     )
     board.add_argument(
         "--root", default="results", help="results root holding runs/ (default: results)"
+    )
+    board.add_argument(
+        "--all", action="store_true", help="also list runs that are not ranked (not finished)"
     )
     board.set_defaults(func=_leaderboard)
 
@@ -252,5 +295,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except UserError as err:
-        print(f"hvbench: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"hvbench: error: {err}", 2)
+    except RunFailed as err:
+        _fail(f"hvbench: run failed: {err} (run {err.run_dir})", 1)
+    except RunInterrupted as stop:
+        resume = f"hvbench run --resume {stop.run_dir}"
+        _fail(f"hvbench: interrupted; resume from step {stop.step} with: {resume}", 128 + stop.signum)
+    except KeyboardInterrupt:
+        _fail("hvbench: interrupted before the run started; nothing to resume", 130)
+
+
+def _fail(line: str, code: int) -> None:
+    """One line on stderr, from rank 0 only under torchrun / accelerate launch (every process
+    fails alike), and the exit status."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
+    sys.exit(code)

@@ -9,9 +9,10 @@ this module only knows the sections every run shares.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ import yaml
 
 from hvbench.errors import UserError
 from hvbench.registry import MODELS, TASKS
+from hvbench.results import run_id_problem
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,13 @@ class TrainConfig:
     eval_every: int = 500  # periodic validation ELBO, in steps
     val_examples: int = 2000  # examples used by each periodic validation
     log_every: int = 50
+    checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
+    keep_checkpoints: int = 2  # the newest this many are kept
+    # a step whose gradient norm exceeds this is skipped, as VDVAE's skip_threshold; 0 disables
+    skip_threshold: float = 0.0
+    max_skip_fraction: float = 0.01  # more skipped steps than this fails the run
+    channels_last: bool = False  # NHWC activations: oneDNN's and tensor cores' preferred layout
+    compile: bool = False  # torch.compile the model's forward (minutes of compiling first)
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text (a YAML file is)") from None
+    except OSError as err:
+        raise UserError(f"config file {path} cannot be read: {err.strerror}") from None
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0]
         raise UserError(f"config file {path} is not valid YAML: {first}") from None
@@ -158,6 +171,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 1}} → {'train.lr': 1}: the keys `--set` names."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -223,13 +247,15 @@ def resolve(
     sections = {
         name: build(cls, _section(raw, name), name) for name, cls in _SHARED_SECTIONS.items()
     }
-    return RunConfig(
+    cfg = RunConfig(
         task_name=task_name,
         model_name=model_name,
         task=build(task_entry.config, task_raw, "task"),
         model=build(model_entry.config, model_raw, "model"),
         **sections,
     )
+    check_ranges(cfg)
+    return cfg
 
 
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
@@ -307,3 +333,70 @@ def _scalar(value: Any, tp: type, path: str) -> Any:
     if tp is str and isinstance(value, str):
         return value
     raise UserError(f"config key {path!r} expects {tp.__name__}, got {value!r}")
+
+
+# Ranges of the shared sections' keys: (holds, what the value must be).
+_INTERVAL = (lambda v: v >= 1, "an integer >= 1")
+_COUNT = (lambda v: v >= 0, "an integer >= 0")
+_POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+_NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+_SEED = (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)")
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "train.steps": _INTERVAL,
+    "train.epochs": _POSITIVE,
+    "train.batch_size": _INTERVAL,
+    "train.lr": _POSITIVE,
+    "train.seed": _SEED,
+    "train.w_rec": _POSITIVE,
+    "train.beta": _NON_NEGATIVE,
+    "train.warmup_steps": _COUNT,
+    "train.cycle_steps": _COUNT,
+    "train.free_bits": _NON_NEGATIVE,
+    "train.grad_clip": _NON_NEGATIVE,
+    "train.eval_every": _INTERVAL,
+    "train.val_examples": _INTERVAL,
+    "train.log_every": _INTERVAL,
+    "train.checkpoint_every": _INTERVAL,
+    "train.keep_checkpoints": _INTERVAL,
+    "train.skip_threshold": _NON_NEGATIVE,
+    "train.max_skip_fraction": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
+    "eval.batch_size": _INTERVAL,
+    "eval.max_examples": _INTERVAL,
+    "eval.iwae_k": _COUNT,
+    "eval.iwae_examples": _INTERVAL,
+    # two halves of the draws, at least one each: the unbiased activity estimator needs both
+    "eval.au_samples": (lambda v: v >= 2, "an integer >= 2"),
+    "eval.au_threshold": _NON_NEGATIVE,
+    "eval.kl_collapse_threshold": _NON_NEGATIVE,
+    "eval.throughput_warmup": _COUNT,
+}
+# Task and model options declare no ranges of their own: these names mean a count or a size in
+# every built-in task and model (a plug-in checks its other options in __post_init__).
+SIZES = ("n_train", "n_val", "n_test", "image_size", "latent_dim", "channels", "hidden")
+SIZES += ("mixtures", "max_per_split", "subset")
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    """Every value in range before anything is loaded or written: one line naming the key."""
+    for section in SECTIONS:
+        options = getattr(cfg, section)
+        for f in dataclasses.fields(options):
+            key, value = f"{section}.{f.name}", getattr(options, f.name)
+            if value is None or isinstance(value, bool):
+                continue
+            holds, rule = RANGES.get(key, (None, ""))
+            if holds is None and section in ("task", "model"):
+                if f.name == "seed":
+                    holds, rule = _SEED
+                elif f.name in SIZES:
+                    holds, rule = _INTERVAL
+            if holds is None and isinstance(value, float):
+                holds, rule = (math.isfinite, "a finite number")
+            if holds is not None and isinstance(value, (int, float)) and not holds(value):
+                raise UserError(f"config key {key!r} must be {rule}, got {value!r}")
+    if not cfg.output.root:
+        raise UserError("config key 'output.root' must name a folder, got ''")
+    if cfg.output.run_id is not None:
+        problem = run_id_problem(cfg.output.run_id)
+        if problem:
+            raise UserError(f"config key 'output.run_id' got {cfg.output.run_id!r}: {problem}")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from hvbench import aggregate, published
 from hvbench.aggregate import Spread
 from hvbench.atomic import write_text
 from hvbench.config import PRECISION_NAMES
+from hvbench.errors import UserError
+from hvbench.results import MalformedRecord, load_metrics, metrics_versions, read_status, run_status
 
 COLUMNS = (
     ("task", "task"),
@@ -61,14 +63,59 @@ GROUP_COLUMNS = (
 )
 
 
+def run_dirs(root: Path) -> list[Path]:
+    """Every run folder under `root`/runs; a missing root is a UserError, never created."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"results root {root} is not a folder (no runs there); give --root RESULTS")
+    return sorted(p for p in (root / "runs").glob("*/*/*") if p.is_dir())
+
+
 def load_runs(root: Path) -> list[dict[str, Any]]:
+    """The latest metrics record of every finished run: the ranked ones. A record that cannot
+    be read or shown is skipped with one warning line naming the file."""
     runs = []
-    for path in sorted((Path(root) / "runs").glob("*/*/*/metrics.json")):
+    for run_dir in run_dirs(root):
+        if run_status(run_dir) != "finished":
+            continue
         try:
-            runs.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue  # a run still being written, or a foreign file: not a result
+            run = load_metrics(run_dir)
+            rows([run])  # a record the tables cannot show is no result either
+            group_rows([run])
+        except MalformedRecord as err:
+            _warn(str(err))
+            continue
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            _warn(f"{metrics_versions(run_dir)[-1]}: cannot be shown ({type(err).__name__}: {err})")
+            continue
+        runs.append(run)
     return runs
+
+
+def unranked_runs(root: Path) -> list[dict[str, Any]]:
+    """The status of every run that is not ranked: running, failed, interrupted or unknown."""
+    out = []
+    for run_dir in run_dirs(root):
+        status = read_status(run_dir)
+        if status["status"] != "finished":
+            task, model, run_id = run_dir.parts[-3:]
+            out.append({"task": task, "model": model, "run_id": run_id, **status})
+    return out
+
+
+def print_unranked(runs: list[dict[str, Any]], console: Console | None = None) -> None:
+    table = Table(title=f"not ranked ({len(runs)} runs)")
+    for name in ("task", "model", "run", "status", "step", "reason"):
+        table.add_column(name, overflow="fold")
+    for r in runs:
+        step = "—" if r.get("step") is None else f"{r['step']}/{r.get('steps', '?')}"
+        row = (r["task"], r["model"], r["run_id"], r["status"], step, str(r.get("reason") or ""))
+        table.add_row(*row)
+    (console or Console(width=None if sys.stdout.isatty() else 220)).print(table)
+
+
+def _warn(message: str) -> None:
+    print(f"hvbench: warning: skipping {message}", file=sys.stderr)
 
 
 def _report_split(run: dict[str, Any]) -> str:
@@ -219,6 +266,8 @@ def build(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Rebuild `leaderboard.md`, `leaderboard.csv`, `leaderboard_seeds.csv` and
     `leaderboard_groups.csv` under `root`; returns the per-run, group and over-seeds rows."""
+    if Path(root).is_dir() and not os.access(root, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the leaderboard into {root}: no write permission")
     runs = load_runs(root)
     main, groups = rows(runs), group_rows(runs)
     seeds = seed_rows(root, main)

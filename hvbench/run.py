@@ -6,107 +6,372 @@ testable on its own. Only the main process writes files or talks to W&B.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
+from safetensors import SafetensorError
 
 from hvbench import disentanglement, figures
-from hvbench.atomic import write_json
-from hvbench.config import RunConfig
+from hvbench.atomic import write_atomic, write_json
+from hvbench.checkpoint import (
+    FOLDER,
+    Checkpointer,
+    checkpoints,
+    fingerprint,
+    read_rng,
+    set_rng,
+)
+from hvbench.checkpoint import read_state as read_checkpoint_state
+from hvbench.config import RunConfig, flatten, resolve
 from hvbench.device import device_name, peak_memory_mb
 from hvbench.errors import UserError
 from hvbench.evaluate import SplitEvaluation, evaluate_split, mean_elbo
 from hvbench.paths import cache_dir
 from hvbench.registry import MODELS, TASKS
-from hvbench.results import create_run_dir, new_run_id, provenance, save_config
+from hvbench.results import (
+    METRICS_FILE,
+    STATUS_FILE,
+    RunFailed,
+    RunInterrupted,
+    check_writable_root,
+    create_run_dir,
+    hold_run,
+    load_metrics,
+    metrics_versions,
+    new_run_id,
+    provenance,
+    read_status,
+    run_dir_of,
+    save_config,
+    write_new_metrics,
+    write_status,
+)
 from hvbench.task import TaskData
 from hvbench.tracking import Tracker
-from hvbench.train import train
+from hvbench.train import Interrupted, TrainingDiverged, TrainResult, total_steps, train
+
+# Keys that never change a run's numbers: `--resume` takes new values for these only.
+RESUME_SAFE = ("train.checkpoint_every", "train.keep_checkpoints", "wandb.", "output.figures")
+WEIGHTS_FILE = "model.safetensors"  # the final weights, for people who only want the model
+# Metrics measured while training: a re-evaluation carries them over from the run's record.
+TRAINING_METRICS = ("perf/train_images_per_s", "train/skipped_steps", "train/overflow_steps")
 
 
 def execute(cfg: RunConfig) -> Path:
-    """Train and evaluate one (task, model, config, seed); return the run folder."""
+    """Train and evaluate a new (task, model, config, seed); return the run folder."""
+    check_writable_root(Path(cfg.output.root))
+    if cfg.output.run_id:
+        path = run_dir_of(Path(cfg.output.root), cfg.task_name, cfg.model_name, cfg.output.run_id)
+        if path.exists():
+            raise UserError(f"run folder {path} already exists; choose another output.run_id")
+    return _train_and_evaluate(cfg, None)
+
+
+def resume(run_dir: Path, overrides: list[str]) -> Path:
+    """Continue a stopped run from its latest checkpoint, with its saved config: the final
+    numbers are those an uninterrupted run would have given."""
+    cfg = saved_config(run_dir, overrides, RESUME_SAFE, "--resume")
+    status = read_status(run_dir)
+    if status["status"] == "finished":
+        raise UserError(
+            f"run {run_dir} already finished; re-evaluate it with: hvbench eval {run_dir}"
+        )
+    return _train_and_evaluate(cfg, Path(run_dir))
+
+
+def saved_config(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], how: str) -> RunConfig:
+    """A run folder's saved config with `overrides`, refusing any that would change what the
+    run's numbers mean (only keys starting with one of `allowed` may change)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run folder (it has no config.yaml)")
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise UserError(f"run folder {run_dir} is not writable")
+    saved = resolve(config_file=run_dir / "config.yaml")
+    cfg = resolve(config_file=run_dir / "config.yaml", overrides=overrides)
+    before, after = flatten(saved.to_dict()), flatten(cfg.to_dict())
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key) and not key.startswith(allowed):
+            raise UserError(
+                f"{how} cannot change {key} (the run has {before.get(key)!r}, asked "
+                f"{after.get(key)!r}): it would change the run's numbers; "
+                f"{how} may change: {', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in allowed)}"
+            )
+    return cfg
+
+
+def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
+    """Train (from the latest checkpoint when `run_dir` is an existing run) and evaluate."""
     started = time.time()
     accelerator = make_accelerator(cfg.train.precision)
     set_seed(cfg.train.seed)
-    task = TASKS.get(cfg.task_name).build(cfg.task, cache_dir())
-    _check_splits(task)
-    model = MODELS.get(cfg.model_name).build(cfg.model, task.spec)
+    task = load_task(cfg)
+    model = build_model(cfg, task)
     parameters = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
     set_seed(cfg.train.seed, device_specific=True)  # each process draws its own noise
 
-    run_id = broadcast_object_list([cfg.output.run_id or new_run_id(cfg.train.seed)])[0]
-    run_dir = Path(cfg.output.root) / "runs" / cfg.task_name / cfg.model_name / run_id
-    if accelerator.is_main_process:
-        create_run_dir(Path(cfg.output.root), cfg.task_name, cfg.model_name, run_id)
-        save_config(run_dir, cfg.to_dict())
-    accelerator.wait_for_everyone()
-    tracker = Tracker(cfg, run_dir, run_id, accelerator.device, accelerator.is_main_process)
-    try:
-        train_images = task.splits["train"].to(accelerator.device)
-        val_images = task.splits["val"].to(accelerator.device)
-
-        def validate() -> dict[str, float]:
-            return {
-                "val/elbo_nats": mean_elbo(
-                    model, val_images, cfg.train.val_examples, accelerator, cfg.eval.batch_size
-                )
-            }
-
-        result = train(
-            model, optimizer, train_images, cfg.train, accelerator, validate, tracker.log
-        )
-        evaluations = {
-            split: evaluate_split(model, task, split, accelerator, cfg.eval)
-            for split in task.eval_splits
-        }
-        metrics: dict[str, Any] = {k: v for e in evaluations.values() for k, v in e.metrics.items()}
-        metrics.update(
-            {
-                "perf/train_images_per_s": result.images_per_s,
-                "perf/parameters": parameters,
-                "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
-                "train/skipped_steps": result.skipped_steps,
-            }
-        )
+    resuming = run_dir is not None
+    if run_dir is None:
+        run_id = broadcast_object_list([cfg.output.run_id or new_run_id(cfg.train.seed)])[0]
+        run_dir = run_dir_of(Path(cfg.output.root), cfg.task_name, cfg.model_name, run_id)
         if accelerator.is_main_process:
-            figure_paths = (
-                _figures(
-                    accelerator.unwrap_model(model), task, evaluations, result.history, run_dir, cfg
-                )
-                if cfg.output.figures
-                else {}
-            )
-            record = {
-                "task": cfg.task_name,
-                "model": cfg.model_name,
-                "run_id": run_id,
-                "metrics": {k: _json_number(v) for k, v in metrics.items()},
-                "units": {split: e.units for split, e in evaluations.items()},
-                "factor_unit": _factor_unit_record(task, evaluations),
-                "run": _run_info(cfg, task, accelerator, result.steps, started),
+            create_run_dir(Path(cfg.output.root), cfg.task_name, cfg.model_name, run_id)
+            save_config(run_dir, cfg.to_dict())
+    run_id = run_dir.name
+    steps = total_steps(cfg.train, len(task.splits["train"]), accelerator.num_processes)
+    previous = read_status(run_dir) if resuming else None
+    main = accelerator.is_main_process
+
+    def status(state: str, step: int, reason: str | None = None) -> None:
+        if main:
+            write_status(run_dir, state, step, steps, reason)
+
+    def last_checkpoint() -> int:
+        found = checkpoints(run_dir)
+        return found[-1][0] if found else 0
+
+    with hold_run(run_dir) if main else contextlib.nullcontext():
+        accelerator.wait_for_everyone()
+        status("running", last_checkpoint())
+        checkpointer = Checkpointer(
+            accelerator,
+            run_dir,
+            cfg.train.keep_checkpoints,
+            fingerprint(cfg.to_dict()),
+            on_save=lambda step: status("running", step),
+        )
+        tracker = Tracker(cfg, run_dir, run_id, accelerator.device, main)
+        try:
+            result = _train(cfg, task, model, optimizer, accelerator, tracker, checkpointer)
+            save_weights(run_dir, accelerator, model)
+            evaluations = {
+                split: evaluate_split(model, task, split, accelerator, cfg.eval)
+                for split in task.eval_splits
             }
-            write_json(run_dir / "metrics.json", record)
-            tracker.log(metrics, result.steps)
-            tracker.log_figures(figure_paths, result.steps)
-            tracker.summarise(metrics)
-        tracker.finish()
-    except BaseException:
-        tracker.finish(exit_code=1)
-        raise
+            metrics: dict[str, Any] = {
+                k: v for e in evaluations.values() for k, v in e.metrics.items()
+            }
+            metrics.update(
+                {
+                    "perf/train_images_per_s": result.images_per_s,
+                    "perf/parameters": parameters,
+                    "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
+                    "train/skipped_steps": result.skipped_steps,
+                    "train/overflow_steps": result.overflow_steps,
+                }
+            )
+            if main:
+                figure_paths = (
+                    _figures(
+                        accelerator.unwrap_model(model),
+                        task,
+                        evaluations,
+                        result.history,
+                        run_dir,
+                        cfg,
+                    )
+                    if cfg.output.figures
+                    else {}
+                )
+                record = _record(cfg, task, accelerator, evaluations, metrics, run_id, result.steps, started)
+                write_json(run_dir / METRICS_FILE, record)
+                tracker.log(metrics, result.steps)
+                tracker.log_figures(figure_paths, result.steps)
+                tracker.summarise(metrics)
+            status("finished", steps)
+            tracker.finish()
+        except Interrupted as stop:
+            tracker.finish(exit_code=1)
+            status("interrupted", stop.step, f"{signal.Signals(stop.signum).name} at step {stop.step}")
+            raise RunInterrupted(run_dir, stop.step, stop.signum) from None
+        except KeyboardInterrupt:
+            tracker.finish(exit_code=1)
+            step = last_checkpoint()
+            status("interrupted", step, f"SIGINT after the checkpoint of step {step}")
+            raise RunInterrupted(run_dir, step, signal.SIGINT) from None
+        except TrainingDiverged as err:
+            tracker.finish(exit_code=1)
+            status("failed", last_checkpoint(), str(err))
+            raise RunFailed(str(err), run_dir) from None
+        except UserError as err:
+            tracker.finish(exit_code=1)
+            if previous is not None and main:  # bad input to a resume: the run is as it was
+                write_json(run_dir / STATUS_FILE, previous)
+            else:
+                status("failed", last_checkpoint(), str(err))
+            raise
+        except BaseException as err:
+            tracker.finish(exit_code=1)
+            status("failed", last_checkpoint(), f"{type(err).__name__}: {err}")
+            raise
     accelerator.wait_for_everyone()
     accelerator.print(f"run finished: {run_dir}")
     accelerator.end_training()
     return run_dir
+
+
+def _train(
+    cfg: RunConfig,
+    task: TaskData,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    accelerator: Accelerator,
+    tracker: Tracker,
+    checkpointer: Checkpointer,
+) -> TrainResult:
+    train_images = task.splits["train"].to(accelerator.device)
+    val_images = task.splits["val"].to(accelerator.device)
+
+    def validate() -> dict[str, float]:
+        return {
+            "val/elbo_nats": mean_elbo(
+                model, val_images, cfg.train.val_examples, accelerator, cfg.eval.batch_size
+            )
+        }
+
+    return train(
+        model, optimizer, train_images, cfg.train, accelerator, validate, tracker.log, checkpointer
+    )
+
+
+def _record(
+    cfg: RunConfig,
+    task: TaskData,
+    accelerator: Accelerator,
+    evaluations: dict[str, SplitEvaluation],
+    metrics: dict[str, Any],
+    run_id: str,
+    steps: int,
+    started: float,
+) -> dict[str, Any]:
+    """A metrics record: what metrics.json (and each re-evaluation's version) holds."""
+    return {
+        "task": cfg.task_name,
+        "model": cfg.model_name,
+        "run_id": run_id,
+        "metrics": {k: _json_number(v) for k, v in metrics.items()},
+        "units": {split: e.units for split, e in evaluations.items()},
+        "factor_unit": _factor_unit_record(task, evaluations),
+        "run": _run_info(cfg, task, accelerator, steps, started),
+    }
+
+
+def reevaluate(run_dir: Path, overrides: list[str]) -> Path:
+    """Evaluate a finished run's final weights again (e.g. a larger eval.iwae_k) without
+    retraining; the metrics go into a new version beside the old ones (returned), never over
+    them. The RNGs start where the run's evaluation started, so an unchanged config gives the
+    run's own numbers back."""
+    run_dir = Path(run_dir)
+    cfg = saved_config(run_dir, overrides, ("eval.",), "hvbench eval")
+    state = read_status(run_dir)
+    if state["status"] != "finished":
+        raise UserError(
+            f"run {run_dir} is {state['status']}, not finished; "
+            f"continue it first with: hvbench run --resume {run_dir}"
+        )
+    weights = run_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UserError(f"run {run_dir} has no {WEIGHTS_FILE} to evaluate (it predates saved weights)")
+    previous = load_metrics(run_dir)
+    started = time.time()
+    accelerator = make_accelerator(cfg.train.precision)
+    set_seed(cfg.train.seed)
+    task = load_task(cfg)
+    model = build_model(cfg, task)
+    load_weights(model, weights)
+    model = accelerator.prepare(model)
+    rng = _restore_evaluation_rng(run_dir, accelerator, cfg)
+    evaluations = {
+        split: evaluate_split(model, task, split, accelerator, cfg.eval) for split in task.eval_splits
+    }
+    metrics: dict[str, Any] = {k: v for e in evaluations.values() for k, v in e.metrics.items()}
+    metrics.update({k: v for k, v in previous["metrics"].items() if k in TRAINING_METRICS})
+    metrics["perf/parameters"] = sum(p.numel() for p in model.parameters())
+    metrics["perf/peak_memory_mb"] = peak_memory_mb(accelerator.device)
+    path = run_dir / METRICS_FILE
+    if accelerator.is_main_process:
+        steps = previous["run"].get("steps", cfg.train.steps)
+        record = _record(cfg, task, accelerator, evaluations, metrics, run_dir.name, steps, started)
+        record["reevaluation"] = {
+            "overrides": list(overrides),
+            "weights": WEIGHTS_FILE,
+            "rng": rng,
+            "previous": metrics_versions(run_dir)[-1].name,
+        }
+        path = write_new_metrics(run_dir, record)
+    path = Path(broadcast_object_list([str(path)])[0])
+    accelerator.wait_for_everyone()
+    accelerator.print(f"re-evaluated {run_dir}: {path.name}")
+    accelerator.end_training()
+    return path
+
+
+def _restore_evaluation_rng(run_dir: Path, accelerator: Accelerator, cfg: RunConfig) -> str:
+    """Put each process's RNGs where the final checkpoint left them, i.e. where the run's own
+    evaluation began; without that checkpoint (or with another number of processes), reseed."""
+    found = checkpoints(run_dir)
+    if found:
+        folder = found[-1][1]
+        state = read_checkpoint_state(folder)
+        if state.get("world_size") == accelerator.num_processes:
+            set_rng(read_rng(folder, accelerator.process_index))
+            return f"restored from {FOLDER}/{folder.name}"
+    set_seed(cfg.train.seed, device_specific=True)
+    return f"reseeded with train.seed={cfg.train.seed}"
+
+
+def load_task(cfg: RunConfig) -> TaskData:
+    task = TASKS.get(cfg.task_name).build(cfg.task, cache_dir())
+    _check_splits(task)
+    return task
+
+
+def build_model(cfg: RunConfig, task: TaskData) -> torch.nn.Module:
+    """The model, checked to take the task's images with a forward pass on two of them, so
+    "this model cannot take images this small" is one line before the run folder exists."""
+    shape = "×".join(map(str, task.spec.shape))
+    try:
+        model = MODELS.get(cfg.model_name).build(cfg.model, task.spec)
+        with torch.no_grad():
+            model.eval()(task.splits["train"][:2])
+    except (RuntimeError, ValueError, IndexError, ZeroDivisionError) as err:
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        raise UserError(
+            f"model {cfg.model_name!r} cannot take {task.name} images of {shape}: {lines[0]}"
+        ) from None
+    return model
+
+
+def save_weights(run_dir: Path, accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """The final weights as safetensors (no pickle), written atomically by the main process."""
+    state = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+        data = safetensors.torch.save(tensors)
+        write_atomic(run_dir / WEIGHTS_FILE, lambda f: f.write(data))
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Final weights into a model built from the run's config; a truncated or foreign file is a
+    UserError (safetensors holds tensors only, so loading it runs no code)."""
+    try:
+        state = safetensors.torch.load_file(str(path))
+        model.load_state_dict(state, strict=True)
+    except (OSError, RuntimeError, ValueError, SafetensorError) as err:
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        raise UserError(f"{path} does not hold this run's model: {lines[0]}") from None
 
 
 def make_accelerator(precision: str) -> Accelerator:
@@ -125,10 +390,18 @@ def _check_splits(task: TaskData) -> None:
         raise UserError(
             f"task {task.name!r} has no {missing[0]!r} split; it has: {', '.join(task.splits)}"
         )
+    empty = sorted(split for split in needed if len(task.splits[split]) == 0)
+    if empty:
+        raise UserError(f"task {task.name!r} has no images in its {empty[0]!r} split")
 
 
 def _run_info(
-    cfg: RunConfig, task: TaskData, accelerator: Accelerator, steps: int, started: float
+    cfg: RunConfig,
+    task: TaskData,
+    accelerator: Accelerator,
+    steps: int,
+    started: float,
+    evaluations: dict[str, SplitEvaluation],
 ) -> dict[str, Any]:
     return {
         "seed": cfg.train.seed,
