@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import einops
 import torch
 from torch import Tensor, nn
 
@@ -186,10 +187,10 @@ def importance_log_weights(
     target, batch = head.prepare(x), len(x)
 
     def draws(j: int) -> Tensor:
-        repeated = [f.repeat(j, *[1] * (f.dim() - 1)) for f in features]
+        repeated = [einops.repeat(f, "b ... -> (j b) ...", j=j) for f in features]
         px_params, groups = draw_hierarchy(repeated, j * batch)
-        log_px = head.log_prob(px_params, target.repeat(j, *[1] * (target.dim() - 1)))
-        return log_weight(log_px, groups).view(j, batch).t()
+        log_px = head.log_prob(px_params, einops.repeat(target, "b ... -> (j b) ...", j=j))
+        return einops.rearrange(log_weight(log_px, groups), "(j b) -> b j", j=j)
 
     per_call = max(1, max_rows // batch)
     return torch.cat([draws(min(per_call, k - done)) for done in range(0, k, per_call)], dim=1)
