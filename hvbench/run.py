@@ -58,7 +58,14 @@ from hvbench.results import (
 )
 from hvbench.task import TaskData
 from hvbench.tracking import Tracker
-from hvbench.train import Interrupted, TrainingDiverged, TrainResult, total_steps, train
+from hvbench.train import (
+    Interrupted,
+    TrainingDiverged,
+    TrainResult,
+    total_steps,
+    train,
+    with_speed_options,
+)
 
 # Keys that never change a run's numbers: `--resume` takes new values for these only.
 RESUME_SAFE = ("train.checkpoint_every", "train.keep_checkpoints", "wandb.", "output.figures")
@@ -351,7 +358,7 @@ def build_model(cfg: RunConfig, task: TaskData) -> torch.nn.Module:
         raise UserError(
             f"model {cfg.model_name!r} cannot take {task.name} images of {shape}: {lines[0]}"
         ) from None
-    return model
+    return with_speed_options(model, cfg.train)
 
 
 def save_weights(run_dir: Path, accelerator: Accelerator, model: torch.nn.Module) -> None:

@@ -71,6 +71,16 @@ class TrainResult:
     overflow_steps: int = 0
 
 
+def with_speed_options(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """`train.channels_last` and `train.compile`, applied in place: parameter names, state
+    dicts and checkpoints stay those of the plain model (`Module.compile`, not a wrapper)."""
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile()
+    return model
+
+
 def total_steps(cfg: TrainConfig, n_train: int, world: int) -> int:
     if cfg.epochs is not None:
         return max(1, math.ceil(cfg.epochs * n_train / (cfg.batch_size * world)))
