@@ -90,7 +90,7 @@ def _sweep(args: argparse.Namespace) -> None:
     elif args.executor == "here":
         counts = run_here(sweep)
         print(f"sweep {sweep.name}: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
-        if counts["failed"]:
+        if counts["failed"] or counts["interrupted"]:
             sys.exit(1)
     else:
         folder = sweep.root / "sweeps" / sweep.name / "submitit"

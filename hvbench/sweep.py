@@ -44,10 +44,11 @@ import yaml
 from hvbench.config import configs_dir, read_yaml, resolve
 from hvbench.errors import UserError
 from hvbench.registry import MODELS, TASKS
+from hvbench.results import run_status
 
 KEYS = ("name", "tasks", "models", "seeds", "config", "set", "variants", "launcher", "executor")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # one safe path component
-RESUMABLE = ("running", "interrupted")  # a run killed mid-way still says "running"
+RESUMABLE = ("running", "interrupted")
 # config sections that say where and how a run is recorded, not what it computes
 BOOKKEEPING = ("output", "wandb")
 
@@ -145,20 +146,10 @@ def load(path: Path, root: str | None = None) -> Sweep:
 
 
 def state(run_dir: Path) -> str:
-    """new | finished | failed | running | interrupted, from the run folder's status.json.
-
-    A folder with metrics.json and no status.json (written before runs kept a
-    status) is finished; one with neither was cut short: `interrupted`.
-    """
-    if not run_dir.is_dir():
-        return "new"
-    try:
-        status = json.loads((run_dir / "status.json").read_text())["status"]
-    except FileNotFoundError:
-        return "finished" if (run_dir / "metrics.json").is_file() else "interrupted"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "interrupted"
-    return status if status in ("finished", "failed", *RESUMABLE) else "interrupted"
+    """new, or the run folder's status (hvbench.results.run_status): finished, failed,
+    running, interrupted or unknown. Only running (a run killed mid-way still says so) and
+    interrupted ones are resumed; the others are left as they are."""
+    return run_status(run_dir) if run_dir.is_dir() else "new"
 
 
 def plan(sweep: Sweep) -> list[tuple[Entry, str, list[str] | None]]:
@@ -174,7 +165,7 @@ def plan(sweep: Sweep) -> list[tuple[Entry, str, list[str] | None]]:
 def dry_run(sweep: Sweep, echo: Callable[[str], None] = print) -> None:
     for entry, now, command in plan(sweep):
         if command is None:
-            echo(f"# {entry.label}: {now}, nothing to do ({entry.run_dir})")
+            echo(f"# {entry.label}: {now}, not started again ({entry.run_dir})")
         else:
             echo(shlex.join(command))
 
@@ -185,7 +176,7 @@ def run_here(sweep: Sweep, echo: Callable[[str], None] = print) -> dict[str, int
     A failed run does not stop the sweep (the others still say something); a
     Ctrl-C does, after the run in progress has saved itself.
     """
-    counts = {"skipped": 0, "finished": 0, "failed": 0}
+    counts = {"skipped": 0, "finished": 0, "failed": 0, "interrupted": 0}
     steps = plan(sweep)
     for i, (entry, now, command) in enumerate(steps, 1):
         if command is None:
@@ -199,9 +190,10 @@ def run_here(sweep: Sweep, echo: Callable[[str], None] = print) -> dict[str, int
         except KeyboardInterrupt:
             echo(f"sweep {sweep.name!r} interrupted at {entry.label}; the same command resumes it")
             raise SystemExit(130) from None
-        counts["finished" if code == 0 else "failed"] += 1
+        ended = state(entry.run_dir)  # what the run folder says, whatever the exit status
+        counts[ended if ended in ("finished", "interrupted") else "failed"] += 1
         if code != 0:
-            echo(f"[{i}/{len(steps)}] {entry.label}: exited with status {code}")
+            echo(f"[{i}/{len(steps)}] {entry.label}: {ended}, exit status {code}")
     return counts
 
 

@@ -32,7 +32,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("sweep")
     result = run_cli("sweep", str(SMOKE), "--out", "results", cwd=cwd)
     assert result.returncode == 0, result.stderr
-    assert "sweep smoke: 0 skipped, 4 finished, 0 failed" in result.stdout
+    assert "sweep smoke: 0 skipped, 4 finished, 0 failed, 0 interrupted" in result.stdout
     return cwd / "results"
 
 
@@ -56,7 +56,7 @@ def test_a_second_invocation_runs_nothing_new(swept: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in swept.glob("runs/*/*/*/metrics.json")}
     result = run_cli("sweep", str(SMOKE), "--out", "results", cwd=swept.parent)
     assert result.returncode == 0, result.stderr
-    assert "sweep smoke: 4 skipped, 0 finished, 0 failed" in result.stdout
+    assert "sweep smoke: 4 skipped, 0 finished, 0 failed, 0 interrupted" in result.stdout
     assert {p: p.stat().st_mtime_ns for p in swept.glob("runs/*/*/*/metrics.json")} == before
 
 
@@ -173,6 +173,7 @@ def test_a_changed_entry_is_not_taken_for_a_finished_run(swept: Path, tmp_path: 
 
 def test_submitit_runs_one_job_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = {**yaml.safe_load(SMOKE.read_text()), "name": "jobs", "models": ["vae"], "seeds": [5]}
+    spec["set"] = {"train.steps": 5, "eval.iwae_k": 2, "output.figures": False}
     path = tmp_path / "jobs.yaml"
     path.write_text(yaml.safe_dump(spec))
     monkeypatch.chdir(tmp_path)
