@@ -1,45 +1,40 @@
-"""Throughput of a model alone, on synthetic batches: `hvbench bench`.
+"""Throughput of models alone, on synthetic batches: `hvbench bench`.
 
 Speed targets live here and in pytest-benchmark, never in timed unit tests
 (nanoGPT's `bench.py`). No dataset is needed: the input shape and likelihood
 are given, so a paper architecture (e.g. BIVA at 1×28×28) can be timed side by
 side with its official code on the same machine.
+
+A bench is a matrix (models × precisions × batch sizes × speed options) timed in
+interleaved rounds, each round opening with the machine's own conv and matmul
+rates (`hvbench.probe`): a host that slows down mid-run slows every cell and
+probe of a round alike, so the fractions of the machine's rate stay comparable.
+A cell's step is the training loop's step (autocast forward, backward,
+optimiser step), with the loop's own speed options applied the same way.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hvbench.config import build, read_yaml, section_overrides
-from hvbench.device import peak_memory_mb, synchronize
+from hvbench.atomic import write_atomic, write_json
+from hvbench.config import TrainConfig, build, read_yaml, section_overrides
+from hvbench.device import device_name, peak_memory_mb, synchronize
 from hvbench.errors import UserError
+from hvbench.probe import CONV_BATCH, DTYPES, count_flops, cpu_features, machine_rates
 from hvbench.registry import MODELS
 from hvbench.task import Likelihood, TaskSpec
+from hvbench.train import with_speed_options
 
-
-@dataclass(frozen=True)
-class BenchResult:
-    model: str
-    mode: str  # "train" or "eval"
-    shape: tuple[int, int, int]
-    batch_size: int
-    steps: int
-    images_per_s: float
-    median_step_ms: float
-    parameters: int
-    peak_memory_mb: float
-    device: str
-    threads: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+OPTIONS = ("plain", "channels_last", "compile")  # train.channels_last / train.compile
 
 
 def bench_model(
@@ -82,49 +77,280 @@ def synthetic_batch(spec: TaskSpec, batch_size: int, generator: torch.Generator)
     return torch.rand(shape, generator=generator)
 
 
-def measure(
-    name: str,
-    model: torch.nn.Module,
-    spec: TaskSpec,
-    batch_size: int,
-    steps: int,
-    warmup: int,
-    train: bool,
-    device: torch.device,
-    precision: str = "no",
-) -> BenchResult:
-    """Time `steps` optimiser steps (or forward passes) after `warmup` untimed ones."""
-    model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4) if train else None
-    x = synthetic_batch(spec, batch_size, torch.Generator().manual_seed(0)).to(device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        with (
-            torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
-            torch.set_grad_enabled(train),
-        ):
-            model.train(train)
-            out = model(x)
-            if optimizer is not None:
-                loss = -out.elbo.mean()
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return BenchResult(
-        model=name,
-        mode="train" if train else "eval",
-        shape=spec.shape,
-        batch_size=batch_size,
-        steps=steps,
-        images_per_s=batch_size * len(times) / sum(times),
-        median_step_ms=1000 * statistics.median(times),
-        parameters=sum(p.numel() for p in model.parameters()),
-        peak_memory_mb=peak_memory_mb(device),
-        device=str(device),
-        threads=torch.get_num_threads(),
+@dataclass
+class Cell:
+    """One (model, precision, batch size, option) of the matrix and what was measured."""
+
+    model: str
+    config: str | None
+    precision: str
+    batch_size: int
+    option: str
+    mode: str
+    shape: tuple[int, int, int]
+    parameters: int = 0
+    gflop_per_image: float = float("nan")
+    round_images_per_s: list[float] = field(default_factory=list)
+    step_ms: list[float] = field(default_factory=list)
+    peak_memory_mb: float | None = None  # per cell on a GPU; a CPU has one process peak
+
+    @property
+    def images_per_s(self) -> float:
+        return statistics.median(self.round_images_per_s)
+
+    @property
+    def gflop_per_s(self) -> float:
+        return self.gflop_per_image * self.images_per_s
+
+    def as_dict(self, rates: dict[str, dict[str, float]]) -> dict[str, Any]:
+        record = asdict(self)
+        rate = rates[self.precision]
+        record.update(
+            images_per_s=self.images_per_s,
+            median_step_ms=statistics.median(self.step_ms),
+            gflop_per_s=self.gflop_per_s,
+            conv_fraction=self.gflop_per_s / rate["conv"],
+            matmul_fraction=self.gflop_per_s / rate["matmul"],
+        )
+        return record
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """A model to bench: its name, the config it came from, and how to build a fresh one."""
+
+    name: str
+    config: str | None
+    spec: TaskSpec
+    build: Callable[[], torch.nn.Module]
+
+
+def bench_models(
+    models: Sequence[str],
+    configs: Sequence[Path],
+    overrides: Sequence[str],
+    shape: str,
+    likelihood: Likelihood,
+) -> list[BenchModel]:
+    """One entry per --config and per --model (one of each: the config with its name replaced)."""
+    if len(models) == 1 and len(configs) == 1:
+        pairs = [(models[0], configs[0])]
+    else:
+        pairs = [(None, c) for c in configs] + [(m, None) for m in models]
+    if not pairs:
+        raise UserError(f"no model given: use --model NAME (one of: {', '.join(MODELS.names())})")
+    found = []
+    for model, config in pairs:
+        name, _, spec = bench_model(model, config, overrides, shape, likelihood)
+
+        def make(model=model, config=config) -> torch.nn.Module:
+            torch.manual_seed(0)
+            return bench_model(model, config, overrides, shape, likelihood)[1]
+
+        found.append(BenchModel(name, str(config) if config else None, spec, make))
+    return found
+
+
+class Stepper:
+    """The training loop's step (or an evaluation forward pass) on one synthetic batch."""
+
+    def __init__(
+        self, model: torch.nn.Module, spec: TaskSpec, cell: Cell, device: torch.device
+    ) -> None:
+        self.model, self.train = model, cell.mode == "train"
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-4) if self.train else None
+        generator = torch.Generator().manual_seed(0)
+        self.x = synthetic_batch(spec, cell.batch_size, generator).to(device)
+        self.dtype = DTYPES[cell.precision]
+        self.device = device
+
+    def __call__(self) -> None:
+        autocast = torch.autocast(
+            self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
+        )
+        self.model.train(self.train)
+        if self.optimizer is None:
+            with torch.no_grad(), autocast:
+                self.model(self.x)
+            return
+        with autocast:
+            out = self.model(self.x)
+        (-out.elbo.mean()).backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
+class BenchReport:
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    probes: dict[str, dict[str, Any]]
+    cells: list[Cell]
+
+    def rates(self) -> dict[str, dict[str, float]]:
+        return {p: {"conv": v["conv"], "matmul": v["matmul"]} for p, v in self.probes.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        rates = self.rates()
+        return {
+            "machine": self.machine,
+            "settings": self.settings,
+            "probes": self.probes,
+            "cells": [c.as_dict(rates) for c in self.cells],
+        }
+
+
+def run_matrix(
+    models: Sequence[BenchModel],
+    precisions: Sequence[str],
+    batches: Sequence[int],
+    options: Sequence[str],
+    *,
+    train: bool = True,
+    steps: int = 5,
+    warmup: int = 2,
+    rounds: int = 2,
+    device: torch.device | None = None,
+    probe_seconds: float = 0.5,
+    probe_batch: int = CONV_BATCH,
+) -> BenchReport:
+    """Time every cell for `steps` steps in each of `rounds` rounds (cells in reverse order
+    on odd rounds, so a drifting machine biases no cell); every round opens with the probes
+    of each precision in the matrix."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bad = [o for o in options if o not in OPTIONS]
+    if bad:
+        raise UserError(f"unknown bench option {bad[0]!r}; choose from: {', '.join(OPTIONS)}")
+    if min(batches) < 1 or steps < 1 or rounds < 1 or warmup < 0:
+        raise UserError("--batch, --steps and --rounds must be positive and --warmup not negative")
+    mode = "train" if train else "eval"
+    cells, steppers = [], []
+    for entry in models:
+        for option in options:
+            model = entry.build().to(device)
+            speed = TrainConfig(channels_last=option == "channels_last", compile=option == "compile")
+            with_speed_options(model, speed)  # the training loop's own options, applied its way
+            for precision in precisions:
+                for batch in batches:
+                    cell = Cell(entry.name, entry.config, precision, batch, option, mode, entry.spec.shape)
+                    cell.parameters = sum(p.numel() for p in model.parameters())
+                    cells.append(cell)
+                    steppers.append(Stepper(model, entry.spec, cell, device))
+    probes: dict[str, list] = {p: [] for p in dict.fromkeys(["no", *precisions])}
+    for r in range(rounds):
+        for precision, found in probes.items():
+            found.append(machine_rates(precision, device, probe_seconds, probe_batch))
+        order = list(zip(cells, steppers, strict=True))
+        for cell, step in order if r % 2 == 0 else reversed(order):
+            if r == 0:
+                _warm(cell, step, warmup, device)
+            times = []
+            for _ in range(steps):
+                start = time.perf_counter()
+                step()
+                synchronize(device)
+                times.append(time.perf_counter() - start)
+            cell.step_ms += [1000 * t for t in times]
+            cell.round_images_per_s.append(cell.batch_size * steps / sum(times))
+            if device.type == "cuda" and r == 0:
+                cell.peak_memory_mb = peak_memory_mb(device)
+    return BenchReport(
+        machine={
+            "device": device_name(device),
+            "torch": torch.__version__,
+            "cpu_features": cpu_features(),
+            "peak_memory_mb": peak_memory_mb(device) if device.type != "cuda" else None,
+            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        settings={
+            "mode": mode,
+            "steps": steps,
+            "warmup": warmup,
+            "rounds": rounds,
+            "probe_batch": probe_batch,
+        },
+        probes={p: _summary(found) for p, found in probes.items()},
+        cells=cells,
     )
+
+
+def _warm(cell: Cell, step: Stepper, warmup: int, device: torch.device) -> None:
+    """FLOPs of one step (torch's counter), then `warmup` untimed steps (a compiled model
+    compiles here)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    cell.gflop_per_image = count_flops(step) / cell.batch_size / 1e9
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+
+
+def _summary(rates: list) -> dict[str, Any]:
+    """Median conv and matmul rates over the rounds, and every round's numbers."""
+    return {
+        "conv": statistics.median(r.conv for r in rates),
+        "matmul": statistics.median(r.matmul for r in rates),
+        "rounds": [{"conv": r.conv, "matmul": r.matmul, "conv_shapes": r.conv_shapes} for r in rates],
+    }
+
+
+PRECISION_NAMES = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+COLUMNS = (
+    ("model", lambda c: c["model"] + (f" ({Path(c['config']).stem})" if c["config"] else "")),
+    ("prec", lambda c: PRECISION_NAMES[c["precision"]]),
+    ("batch", lambda c: str(c["batch_size"])),
+    ("option", lambda c: c["option"]),
+    ("img/s", lambda c: f"{c['images_per_s']:,.1f}"),
+    ("rounds", lambda c: " / ".join(f"{v:,.1f}" for v in c["round_images_per_s"])),
+    ("GFLOP/img", lambda c: f"{c['gflop_per_image']:.3g}"),
+    ("GFLOP/s", lambda c: f"{c['gflop_per_s']:,.1f}"),
+    ("% conv", lambda c: f"{100 * c['conv_fraction']:.0f}"),
+    ("% matmul", lambda c: f"{100 * c['matmul_fraction']:.0f}"),
+    ("params", lambda c: f"{c['parameters'] / 1e6:.2f} M"),
+)
+
+
+def table_rows(record: dict[str, Any]) -> list[list[str]]:
+    return [[fmt(c) for _, fmt in COLUMNS] for c in record["cells"]]
+
+
+def probe_lines(record: dict[str, Any]) -> list[str]:
+    lines = []
+    for precision, probe in record["probes"].items():
+        conv = " / ".join(f"{r['conv']:,.0f}" for r in probe["rounds"])
+        matmul = " / ".join(f"{r['matmul']:,.0f}" for r in probe["rounds"])
+        lines.append(
+            f"{PRECISION_NAMES[precision]}: conv {probe['conv']:,.0f} GFLOP/s (rounds {conv}), "
+            f"matmul {probe['matmul']:,.0f} GFLOP/s (rounds {matmul})"
+        )
+    return lines
+
+
+def markdown(record: dict[str, Any]) -> str:
+    machine, settings = record["machine"], record["settings"]
+    features = ", ".join(k for k, v in machine["cpu_features"].items() if v) or "none"
+    head = [
+        f"# hvbench bench ({settings['mode']}, {settings['rounds']} interleaved rounds of "
+        f"{settings['steps']} steps)",
+        "",
+        f"{machine['device']}, torch {machine['torch']}, CPU features: {features}; "
+        f"{machine['when']}.",
+        "",
+        f"Machine rates measured in the same run (conv: batch {settings['probe_batch']}, "
+        "64-channel 3×3/5×5 at 14/28 px, forward and backward; matmul: 1024²):",
+        "",
+        *[f"- {line}" for line in probe_lines(record)],
+        "",
+    ]
+    names = [name for name, _ in COLUMNS]
+    rows = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    rows += ["| " + " | ".join(row) + " |" for row in table_rows(record)]
+    return "\n".join(head + rows) + "\n"
+
+
+def write(record: dict[str, Any], folder: Path) -> tuple[Path, Path]:
+    """`folder`/bench.json and bench.md, each written whole or not at all."""
+    write_json(folder / "bench.json", record)
+    text = markdown(record).encode()
+    write_atomic(folder / "bench.md", lambda f: f.write(text))
+    return folder / "bench.json", folder / "bench.md"

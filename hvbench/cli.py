@@ -144,24 +144,39 @@ def _bench(args: argparse.Namespace) -> None:
 
     import torch
 
-    from hvbench.bench import bench_model, measure
+    from hvbench.bench import COLUMNS, bench_models, probe_lines, run_matrix, table_rows, write
 
-    name, model, spec = bench_model(args.model, args.config, args.set, args.shape, args.likelihood)
+    models = bench_models(args.model, args.config, args.set, args.shape, args.likelihood)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    result = measure(
-        name,
-        model,
-        spec,
-        args.batch,
-        args.steps,
-        args.warmup,
-        not args.eval,
-        device,
+    report = run_matrix(
+        models,
         args.precision,
+        args.batch,
+        args.options,
+        train=not args.eval,
+        steps=args.steps,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        device=torch.device(args.device) if args.device else None,
+        probe_seconds=args.probe_seconds,
+        probe_batch=args.probe_batch,
     )
-    print(json.dumps(result.as_dict()))
+    record = report.as_dict()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # a log keeps every column
+    table = Table(title=f"hvbench bench ({record['settings']['mode']}): {record['machine']['device']}")
+    for name, _ in COLUMNS:
+        table.add_column(name, justify="left" if name in ("model", "option") else "right")
+    for row in table_rows(record):
+        table.add_row(*row)
+    console.print(table)
+    for line in probe_lines(record):
+        console.print(f"machine {line}")
+    if args.out:
+        paths = write(record, Path(args.out))
+        console.print(f"wrote {paths[0]} and {paths[1]}")
+    for cell in record["cells"]:  # one JSON line per cell, last, for scripts
+        print(json.dumps({**cell, "device": record["machine"]["device"]}))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -260,21 +275,53 @@ def parser() -> argparse.ArgumentParser:
     wandb_report.add_argument("--dry-run", action="store_true", help="print the report's panels")
     wandb_report.set_defaults(func=_wandb_report)
 
-    bench = sub.add_parser("bench", help="time a model's train or eval steps on synthetic data")
-    bench.add_argument("--model", help="model name (default: the config's model.name)")
-    bench.add_argument("--config", type=Path, help="YAML whose model section builds the model")
+    bench = sub.add_parser(
+        "bench",
+        help="time models' train or eval steps on synthetic data: models × precisions × batch "
+        "sizes × options, beside the machine's own conv and matmul rates",
+    )
+    bench.add_argument(
+        "--model", nargs="+", default=[], help="model names, built with their defaults"
+    )
+    bench.add_argument(
+        "--config",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="YAML files whose model sections build models (one --model with one --config: "
+        "that config under another model name)",
+    )
     bench.add_argument("--set", action="append", default=[], metavar="model.KEY=VALUE")
     bench.add_argument("--shape", default="1,28,28", help="input C,H,W (default 1,28,28)")
     bench.add_argument(
         "--likelihood", choices=("bernoulli", "gaussian", "dlogistic"), default="bernoulli"
     )
-    bench.add_argument("--batch", type=int, default=64)
-    bench.add_argument("--steps", type=int, default=20)
-    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--batch", type=int, nargs="+", default=[64], help="batch sizes")
+    bench.add_argument(
+        "--precision", nargs="+", choices=("no", "bf16", "fp16"), default=["no"]
+    )
+    bench.add_argument(
+        "--options",
+        nargs="+",
+        choices=("plain", "channels_last", "compile"),
+        default=["plain"],
+        help="speed options, each its own row (train.channels_last, train.compile)",
+    )
+    bench.add_argument("--steps", type=int, default=5, help="timed steps per cell and round")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed steps per cell")
+    bench.add_argument("--rounds", type=int, default=2, help="interleaved passes over the matrix")
+    bench.add_argument(
+        "--probe-seconds", type=float, default=0.5, help="seconds per machine-rate probe shape"
+    )
+    bench.add_argument(
+        "--probe-batch", type=int, default=64, help="batch of the conv probe (default 64)"
+    )
     bench.add_argument("--eval", action="store_true", help="time forward passes without gradients")
-    bench.add_argument("--precision", choices=("no", "bf16", "fp16"), default="no")
     bench.add_argument("--threads", type=int, help="torch CPU threads")
     bench.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    bench.add_argument(
+        "--out", help="write OUT/bench.json and OUT/bench.md (e.g. --out results)"
+    )
     bench.set_defaults(func=_bench)
 
     data = sub.add_parser("data", help="dataset utilities")
