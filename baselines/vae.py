@@ -5,17 +5,16 @@ until it is at most 4×4, then two dense layers. For 1×64×64 binary images thi
 is exactly the β-VAE net of Burgess et al. 2018 (4 × conv 32, 2 × FC 256,
 10 latents).
 
-With `stages` set it is instead the stacked VAE of the official BIVA code
-(`VaeStage`): one latent group per stage, inferred bottom-up (q(z_i | z_{i-1}),
-z_0 = x) with the same stages, skips and latent heads as `lvae` and `biva`, so
-the three compare like for like (configs/paper/vae.yaml).
+`stacked-vae` is the stacked VAE of the official BIVA code (`VaeStage`): one
+latent group per stage, inferred bottom-up (q(z_i | z_{i-1}), z_0 = x) with the
+same stages, skips and latent heads as `lvae` and `biva`, so the three compare
+like for like (configs/paper/stacked-vae.yaml).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from hvbench.blocks import (
@@ -28,13 +27,7 @@ from hvbench.blocks import (
     output_layer,
     plan_stages,
 )
-from hvbench.latents import (
-    AncestralModel,
-    DiagonalGaussian,
-    LatentSample,
-    ModelOutput,
-    kl_divergence,
-)
+from hvbench.latents import AncestralModel, DiagonalGaussian, LatentSample, draw
 from hvbench.likelihoods import get_likelihood
 from hvbench.registry import register_model
 from hvbench.task import TaskSpec
@@ -46,8 +39,11 @@ class VAEConfig:
     channels: int = 32  # conv width at every resolution (Burgess: 32)
     hidden: int = 256  # width of the two dense layers
     mixtures: int = 10  # logistic mixture components (dlogistic tasks only)
-    # set: the stacked VAE of the official BIVA code, and latent_dim/channels/hidden are unused
-    stages: StagesConfig | None = None
+
+
+@dataclass(frozen=True)
+class StackedVAEConfig(StagesConfig):
+    mixtures: int = 10  # logistic mixture components (dlogistic tasks only)
 
 
 def halving_sizes(height: int, width: int) -> list[tuple[int, int]]:
@@ -59,7 +55,9 @@ def halving_sizes(height: int, width: int) -> list[tuple[int, int]]:
     return sizes
 
 
-class VAE(nn.Module):
+class VAE(AncestralModel):
+    """The flat VAE as a one-group hierarchy: ELBO, samples and IWAE come from `AncestralModel`."""
+
     posterior_mean_is_exact = True  # E_q[z|x] is the encoder mean: no Monte Carlo needed
 
     def __init__(self, cfg: VAEConfig, spec: TaskSpec):
@@ -102,33 +100,19 @@ class VAE(nn.Module):
                 decoder.append(nn.ReLU())
         self.decoder = nn.Sequential(*decoder)
 
-    def posterior(self, x: Tensor) -> DiagonalGaussian:
-        return DiagonalGaussian.from_params(self.encoder(self.head.prepare(x)))
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The encoder's (μ, log σ) features: everything inference computes from x."""
+        return [self.encoder(self.head.prepare(x))]
 
-    def forward(self, x: Tensor) -> ModelOutput:
-        q = self.posterior(x)
-        px_params = self.decoder(q.rsample())
-        log_px = self.head.log_prob(px_params, self.head.prepare(x))
-        kl = kl_divergence(q, DiagonalGaussian.standard(q.mu))
-        return ModelOutput(
-            log_px=log_px, kl_units={"z": kl}, post_mean={"z": q.mu}, px_params=px_params
-        )
-
-    @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        device = next(self.parameters()).device
-        return self.head.mean(self.decoder(torch.randn(n, self.latent_dim, device=device)))
-
-    def log_weights(self, x: Tensor, k: int) -> Tensor:
-        """(B, k) log p(x, z_j) − log q(z_j | x) for k importance samples z_j ~ q(z | x)."""
-        q = self.posterior(x)
-        eps = torch.randn(k, *q.mu.shape, device=q.mu.device)
-        z = q.mu + torch.exp(q.log_sigma) * eps  # (k, B, D)
-        target = self.head.prepare(x).repeat(k, 1, 1, 1)
-        log_px = self.head.log_prob(self.decoder(z.flatten(0, 1)), target).view(k, -1)
-        prior = DiagonalGaussian.standard(z)
-        log_w = log_px + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
-        return log_w.t()
+    def ancestral_pass(
+        self, features: list[Tensor] | None, n: int
+    ) -> tuple[Tensor, dict[str, LatentSample]]:
+        """One latent group: z ~ q(z | x) given the encoder's features, z ~ N(0, I) without."""
+        prior = self.standard_prior(n, (self.latent_dim,))
+        if features is None:
+            return self.decoder(prior.rsample()), {}
+        group = draw(DiagonalGaussian.from_params(features[0]), prior)
+        return self.decoder(group.z), {"z": group}
 
 
 class StackedVAE(AncestralModel):
@@ -138,10 +122,10 @@ class StackedVAE(AncestralModel):
     group but the top has the single-sample KL term (see `LatentSample`).
     """
 
-    def __init__(self, cfg: StagesConfig, spec: TaskSpec, mixtures: int):
+    def __init__(self, cfg: StackedVAEConfig, spec: TaskSpec):
         super().__init__()
         self.spec = spec
-        self.head = get_likelihood(spec.likelihood, spec.shape[0], mixtures)
+        self.head = get_likelihood(spec.likelihood, spec.shape[0], cfg.mixtures)
         self.plans: list[StagePlan] = plan_stages(cfg, spec.shape)
         act, drop, blocks = cfg.activation, cfg.dropout, cfg.blocks
         self.up = nn.ModuleList(
@@ -210,7 +194,14 @@ class StackedVAE(AncestralModel):
     config=VAEConfig,
     description="flat VAE, one Gaussian latent (Burgess et al. 2018 net at 64×64)",
 )
-def build_vae(cfg: VAEConfig, spec: TaskSpec) -> VAE | StackedVAE:
-    if cfg.stages is not None:
-        return StackedVAE(cfg.stages, spec, cfg.mixtures)
+def build_vae(cfg: VAEConfig, spec: TaskSpec) -> VAE:
     return VAE(cfg, spec)
+
+
+@register_model(
+    "stacked-vae",
+    config=StackedVAEConfig,
+    description="stacked VAE of the official BIVA code: one latent group per stage, bottom-up",
+)
+def build_stacked_vae(cfg: StackedVAEConfig, spec: TaskSpec) -> StackedVAE:
+    return StackedVAE(cfg, spec)

@@ -1,4 +1,4 @@
-"""Disentanglement against ground-truth factors (DESIGN §6): MIG, DCI with a lasso, |Spearman|.
+"""Disentanglement against ground-truth factors (docs/design.md §6): MIG, DCI with a lasso, |Spearman|.
 
 Pure torch, so the harness needs no scikit-learn. Conventions:
 - *codes* are (N, D): every latent unit of every group, groups in their dict
@@ -29,6 +29,15 @@ LASSO_TOL = 1e-6
 HOLDOUT_EVERY = 5  # DCI: examples 4, 9, 14, … (every fifth) are its held-out part
 GRID_CLASSES = 64  # MIG: a factor with at most this many distinct values is used by class
 ENTROPY_EPS = 1e-11  # as disentanglement_lib adds to importances before taking entropies
+# DCI: a factor whose held-out R² is at or below r2_floor(n) is not predicted by the codes, so
+# its lasso weights are noise and it enters neither disentanglement nor completeness
+MIN_R2 = 0.05
+
+
+def r2_floor(held_out: int) -> float:
+    """The held-out R² a factor must beat: MIN_R2, or three standard errors of the R² that
+    pure noise reaches on `held_out` examples (≈ √(2/n) for Gaussian residuals), if larger."""
+    return max(MIN_R2, 3 * math.sqrt(2 / held_out))
 
 
 def latent_units(post_means: dict[str, Tensor]) -> Tensor:
@@ -133,6 +142,8 @@ class DCI:
     completeness: float
     informativeness: float
     importance: Tensor  # (D, K') |lasso weights|, K' = the non-constant factors
+    r2: Tensor  # (K',) held-out R² of each non-constant factor
+    reason: str = ""  # why D and C are NaN, when they are
 
 
 def lasso(gram: Tensor, cross: Tensor, alpha: float = LASSO_ALPHA) -> Tensor:
@@ -206,21 +217,26 @@ def dci_lasso(
     informativeness = mean over factors of the held-out R² relative to the
     training mean and variance (averaged over a categorical factor's class
     indicators). Constant factors are left out.
-    NaN: disentanglement with fewer than two factors, completeness with fewer
-    than two units, everything with no factor left or fewer than 2·HOLDOUT_EVERY
-    examples.
+    D and C only use the factors the codes predict (held-out R² > r2_floor): the
+    lasso's weights for a factor it cannot predict are noise, and their
+    relative sizes alone would make pure noise codes look disentangled.
+    NaN (with `reason`): D and C when no factor is predicted or the lasso kept
+    no weight, disentanglement with fewer than two predicted factors,
+    completeness with fewer than two units, everything with no factor left or
+    fewer than 2·HOLDOUT_EVERY examples.
     """
     _check_mask(factors, discrete)
     n, d = codes.shape
-    undefined = DCI(math.nan, math.nan, math.nan, torch.zeros(d, 0, dtype=torch.float64))
+    empty = torch.zeros(d, 0, dtype=torch.float64)
     if n < 2 * HOLDOUT_EVERY:
-        return undefined
+        reason = f"fewer than {2 * HOLDOUT_EVERY} examples"
+        return DCI(math.nan, math.nan, math.nan, empty, empty[0], reason)
     test = torch.arange(n) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
     train = ~test
     y, owners = _targets(factors, discrete, train)
     kept = owners.unique()
     if len(kept) == 0:
-        return undefined
+        return DCI(math.nan, math.nan, math.nan, empty, empty[0], "every factor is constant")
     x = _standardise(codes.double(), train)
     x_train, y_train = x[train], y[train]
     weights = lasso(x_train.T @ x_train / len(x_train), x_train.T @ y_train / len(x_train), alpha)
@@ -228,8 +244,20 @@ def dci_lasso(
     importance = torch.zeros(d, len(kept), dtype=torch.float64).index_add_(1, slot, weights.abs())
     squared_error = (x[test] @ weights - y[test]).square().mean(0)
     error = torch.zeros(len(kept), dtype=torch.float64).index_add_(0, slot, squared_error)
-    informativeness = float((1 - error / torch.bincount(slot).double()).mean())
-    return DCI(_disentanglement(importance), _completeness(importance), informativeness, importance)
+    r2 = 1 - error / torch.bincount(slot).double()
+    informativeness = float(r2.mean())
+    floor = r2_floor(int(test.sum()))
+    predicted = importance[:, r2 > floor]
+    if predicted.shape[1] == 0:
+        reason = f"no factor is predicted by the codes (held-out R² ≤ {floor:.3f} for every factor)"
+        return DCI(math.nan, math.nan, informativeness, importance, r2, reason)
+    if float(predicted.sum()) <= 1e-12:
+        return DCI(math.nan, math.nan, informativeness, importance, r2, "the lasso kept no weight")
+    dis, com = _disentanglement(predicted), _completeness(predicted)
+    reason = "" if not math.isnan(dis) else "fewer than 2 predicted factors"
+    if math.isnan(com):
+        reason = "fewer than 2 units"
+    return DCI(dis, com, informativeness, importance, r2, reason)
 
 
 def _disentanglement(importance: Tensor) -> float:

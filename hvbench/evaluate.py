@@ -1,4 +1,4 @@
-"""Final evaluation of a trained model on one split (DESIGN §6).
+"""Final evaluation of a trained model on one split (docs/design.md §6).
 
 Every process evaluates a contiguous shard of the split; per-example values
 are gathered and only then averaged, so padding never enters a mean and a
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,11 +19,17 @@ from torch import Tensor
 from hvbench import disentanglement
 from hvbench.config import EvalConfig
 from hvbench.device import synchronize
-from hvbench.metrics import group_collapse, nats_to_bits_per_dim, unit_activity
+from hvbench.metric_table import key
+from hvbench.metrics import (
+    Activity,
+    active,
+    exact_activity,
+    group_collapse,
+    nats_to_bits_per_dim,
+    split_half_activity,
+)
 from hvbench.task import TaskData
 
-# importance samples decoded per call of log_weights: keeps IWAE memory flat in k
-IWAE_SAMPLES_PER_CALL = 4096
 DISENTANGLEMENT_METRICS = (
     "mig",
     "dci_lasso_disentanglement",
@@ -34,14 +40,51 @@ DISENTANGLEMENT_METRICS = (
 
 @dataclass
 class SplitEvaluation:
-    """Scalar metrics (W&B / metrics.json names) plus per-unit detail for figures."""
+    """Scalar metrics (W&B / metrics.json names) plus per-unit detail for figures.
+
+    `notes` say why a metric is NaN or n/a (no active unit, a rate term), keyed
+    by the metric's name, so an undefined number is never silently missing.
+    """
 
     metrics: dict[str, float]
-    units: dict[str, dict[str, list[float]]]  # group -> {"kl_nats": [...], "activity": [...]}
+    units: dict[str, dict[str, Any]]  # group -> per-unit lists (see `_unit_record`)
     post_means: dict[str, Tensor]  # group -> (N, units[, H, W]) E_q[z | x], on CPU
+    notes: dict[str, str] = field(default_factory=dict)
+    estimators: dict[str, str] = field(default_factory=dict)  # what each number averaged
     # (factors, units) |Spearman ρ| of E_q[z | x], units as in disentanglement.unit_names;
     # only for a task with ground-truth factors on this split
     factor_unit: Tensor | None = None
+
+
+@dataclass
+class GroupDraws:
+    """One latent group over the split: per-example halves of the posterior draws.
+
+    `half_a`/`half_b` are the means of E_q[z | x, pa] over two disjoint halves of
+    the ancestral draws (the same tensor twice when one pass is exact);
+    `cond_a`/`cond_b` the same of E_q[z | x, pa] − E_p[z | pa].
+    """
+
+    analytic: bool
+    term: Tensor  # (N, units) KL or rate term, mean over draws
+    half_a: Tensor
+    half_b: Tensor
+    cond_a: Tensor
+    cond_b: Tensor
+
+    @property
+    def post_mean(self) -> Tensor:
+        return (self.half_a + self.half_b) / 2
+
+    def activity(self, exact: bool) -> Activity:
+        if exact:
+            return exact_activity(self.half_a)
+        return split_half_activity(self.half_a, self.half_b)
+
+    def conditional(self, exact: bool) -> Activity:
+        if exact:
+            return exact_activity(self.cond_a)
+        return split_half_activity(self.cond_a, self.cond_b)
 
 
 def shard(n: int, accelerator: Accelerator) -> Tensor:
@@ -51,26 +94,45 @@ def shard(n: int, accelerator: Accelerator) -> Tensor:
     return torch.arange(start, start + per).clamp(max=n - 1)
 
 
+def real_rows(n: int, accelerator: Accelerator, start: int, size: int) -> int:
+    """How many of this process's rows start..start+size are real examples, not padding."""
+    first = accelerator.process_index * math.ceil(n / accelerator.num_processes) + start
+    return max(0, min(size, n - first))
+
+
 def gather_rows(accelerator: Accelerator, local: Tensor, n: int) -> Tensor:
     """Concatenate every process's shard in rank order and drop the padding."""
     return accelerator.gather(local.contiguous())[:n]
 
 
-def _passes(model: torch.nn.Module, cfg: EvalConfig) -> int:
-    """E_q[z] is exact for a flat VAE; hierarchies estimate it by ancestral Monte Carlo."""
-    return 1 if getattr(model, "posterior_mean_is_exact", False) else cfg.au_samples
+def _halves(values: list[Tensor], exact: bool) -> tuple[Tensor, Tensor]:
+    """Means of the first and second half of the draws (the one exact value twice)."""
+    if exact:
+        return values[0], values[0]
+    half = len(values) // 2
+    return torch.stack(values[:half]).mean(0), torch.stack(values[half:]).mean(0)
 
 
 @torch.no_grad()
 def evaluate_split(
     model: torch.nn.Module, task: TaskData, split: str, accelerator: Accelerator, cfg: EvalConfig
 ) -> SplitEvaluation:
+    """Every metric of one split: likelihoods, collapse, disentanglement, IWAE, throughput.
+
+    A model whose one pass gives E_q[z | x] exactly (`posterior_mean_is_exact`,
+    read on the unwrapped model: DDP hides attributes) is run once per batch;
+    any other `eval.au_samples` times, the draws split in two halves for the
+    unbiased activity estimator (docs/design.md §6).
+    """
     model.eval()
+    exact = accelerator.unwrap_model(model).posterior_mean_is_exact
+    passes = 1 if exact else cfg.au_samples
     images = task.splits[split]
     n = min(len(images), cfg.max_examples or len(images))
     index = shard(n, accelerator)
-    passes = _passes(model, cfg)
-    sums: dict[str, Any] = {"elbo": [], "log_px": [], "kl": {}, "mean": {}}
+    rows: dict[str, list[Tensor]] = {"elbo": [], "log_px": []}
+    groups: dict[str, dict[str, list[Tensor]]] = {}
+    analytic: dict[str, bool] = {}
     timed_images, timed_seconds = 0, 0.0
     starts = range(0, len(index), cfg.batch_size)
     warmup = min(cfg.throughput_warmup, len(starts) - 1)  # always time at least one batch
@@ -84,48 +146,105 @@ def evaluate_split(
         if b >= warmup:
             synchronize(accelerator.device)
             timed_seconds += time.perf_counter() - t0
-            timed_images += len(x) * passes
-        sums["elbo"].append(torch.stack([o.elbo for o in outs]).mean(0))
-        sums["log_px"].append(torch.stack([o.log_px for o in outs]).mean(0))
+            timed_images += real_rows(n, accelerator, start, len(x))
+        rows["elbo"].append(torch.stack([o.elbo.float() for o in outs]).mean(0))
+        rows["log_px"].append(torch.stack([o.log_px.float() for o in outs]).mean(0))
         for g in outs[0].kl_units:
-            sums["kl"].setdefault(g, []).append(
-                torch.stack([o.kl_units[g].float() for o in outs]).mean(0)
+            analytic[g] = outs[0].analytic[g]
+            means = [o.post_mean[g].float() for o in outs]
+            conditional = [m - o.prior_mean[g].float() for m, o in zip(means, outs, strict=True)]
+            parts = dict(
+                zip(
+                    ("half_a", "half_b", "cond_a", "cond_b"),
+                    (*_halves(means, exact), *_halves(conditional, exact)),
+                    strict=True,
+                )
             )
-            sums["mean"].setdefault(g, []).append(
-                torch.stack([o.post_mean[g].float() for o in outs]).mean(0)
-            )
-    elbo = gather_rows(accelerator, torch.cat(sums["elbo"]), n).double().cpu()
-    log_px = gather_rows(accelerator, torch.cat(sums["log_px"]), n).double().cpu()
-    kl_units = {
-        g: gather_rows(accelerator, torch.cat(v), n).double().cpu() for g, v in sums["kl"].items()
-    }
-    post_means = {
-        g: gather_rows(accelerator, torch.cat(v), n).cpu() for g, v in sums["mean"].items()
-    }
+            parts["term"] = torch.stack([o.kl_units[g].float() for o in outs]).mean(0)
+            for name, value in parts.items():
+                groups.setdefault(g, {}).setdefault(name, []).append(value)
 
+    def gathered(local: list[Tensor]) -> Tensor:
+        return gather_rows(accelerator, torch.cat(local), n).cpu()
+
+    elbo, log_px = gathered(rows["elbo"]).double(), gathered(rows["log_px"]).double()
+    draws = {
+        g: GroupDraws(analytic[g], **{k: gathered(v) for k, v in parts.items()})
+        for g, parts in groups.items()
+    }
+    activities = {g: d.activity(exact) for g, d in draws.items()}
+    post_means = {g: d.post_mean for g, d in draws.items()}
+
+    notes: dict[str, str] = {}
     metrics = _likelihood_metrics(split, elbo, log_px, task)
-    metrics.update(_collapse_metrics(split, kl_units, post_means, cfg))
-    scores, factor_unit = _disentanglement_metrics(split, task, post_means, n)
-    metrics.update(scores)
-    rate = (
-        timed_images * accelerator.num_processes / timed_seconds if timed_seconds else float("nan")
+    metrics.update(_collapse_metrics(split, draws, activities, exact, cfg, notes))
+    scores, factor_unit = _disentanglement_metrics(
+        split, task, post_means, activities, cfg.au_threshold, n, notes
     )
-    metrics[f"perf/{split}_eval_images_per_s"] = rate
+    metrics.update(scores)
+    metrics[key("<split>_eval_images_per_s", split)] = _rate(
+        accelerator, timed_images, timed_seconds
+    )
     if cfg.iwae_k > 0:
-        metrics.update(_iwae_metrics(model, task, split, accelerator, cfg))
-    units = {
-        g: {"kl_nats": k.mean(0).tolist(), "activity": unit_activity(post_means[g]).tolist()}
-        for g, k in kl_units.items()
+        metrics.update(_iwae_metrics(model, task, split, accelerator, cfg, elbo))
+    units = {g: _unit_record(d, activities[g], d.conditional(exact)) for g, d in draws.items()}
+    described = estimators(cfg, passes, exact)
+    return SplitEvaluation(metrics, units, post_means, notes, described, factor_unit)
+
+
+def estimators(cfg: EvalConfig, passes: int, exact: bool) -> dict[str, str]:
+    """Exactly what each reported number averaged, for metrics.json's provenance."""
+    draws = "one posterior draw" if passes == 1 else f"the mean of {passes} posterior draws"
+    iwae = cfg.iwae_examples or cfg.max_examples
+    subset = f"the first {iwae} examples" if iwae else "every example"
+    return {
+        "elbo": f"per example, the single-sample ELBO averaged over {draws}; then the split mean",
+        "iwae": f"IWAE-{cfg.iwae_k} on {subset} of the split; iwae_elbo: the ELBO of the same examples",
+        "activity": (
+            "Var_x of the exact encoder mean"
+            if exact
+            else f"covariance over x of two half-means of {passes} ancestral draws (unbiased), "
+            "with a Monte Carlo standard error per unit"
+        ),
+        "mig": (
+            f"active units only; {disentanglement.BINS} equal-width bins per unit and continuous "
+            f"factor; factors with at most {disentanglement.GRID_CLASSES} levels used by level"
+        ),
+        "dci": (
+            f"active units only; lasso alpha={disentanglement.LASSO_ALPHA} on standardised "
+            f"E_q[z|x] and factors, every {disentanglement.HOLDOUT_EVERY}th example held out; "
+            f"D and C over factors with held-out R² > max({disentanglement.MIN_R2}, 3·√(2/n_held_out))"
+        ),
     }
-    return SplitEvaluation(metrics, units, post_means, factor_unit)
 
 
-def _per_dim(prefix: str, nats: float, task: TaskData) -> dict[str, float]:
+def _unit_record(draws: GroupDraws, activity: Activity, conditional: Activity) -> dict[str, Any]:
+    """Per-unit numbers for metrics.json and the figures; a rate term is never named a KL."""
+    term = "kl_nats" if draws.analytic else "rate_nats"
+    return {
+        "analytic": draws.analytic,
+        term: draws.term.double().mean(0).tolist(),
+        "activity": activity.value.tolist(),
+        "activity_se": activity.standard_error.tolist(),
+        "conditional_activity": conditional.value.tolist(),
+        "conditional_activity_se": conditional.standard_error.tolist(),
+    }
+
+
+def _rate(accelerator: Accelerator, images: int, seconds: float) -> float:
+    """Images/s of all processes together: their image counts summed, the slowest one's time."""
+    counts = accelerator.gather(torch.tensor([images, seconds], device=accelerator.device))
+    counts = counts.view(-1, 2).double()
+    total, slowest = float(counts[:, 0].sum()), float(counts[:, 1].max())
+    return total / slowest if slowest > 0 else float("nan")
+
+
+def _per_dim(bound: str, split: str, nats: float, task: TaskData) -> dict[str, float]:
     """−bound per dimension: bits/dim for 8-bit data under a discrete likelihood, else nats/dim."""
     dims = task.spec.dims
     if task.discrete_data:
-        return {f"{prefix}_nll_bpd": nats_to_bits_per_dim(-nats, dims)}
-    return {f"{prefix}_nll_nats_per_dim": -nats / dims}
+        return {key(f"{bound}_nll_bpd", split): nats_to_bits_per_dim(-nats, dims)}
+    return {key(f"{bound}_nll_nats_per_dim", split): -nats / dims}
 
 
 def _likelihood_metrics(
@@ -133,88 +252,146 @@ def _likelihood_metrics(
 ) -> dict[str, float]:
     mean_elbo = float(elbo.mean())
     return {
-        f"{split}/elbo_nats": mean_elbo,
-        **_per_dim(f"{split}/elbo", mean_elbo, task),
-        f"{split}/log_px_nats": float(log_px.mean()),
-        f"{split}/kl_nats": float((log_px - elbo).mean()),
-        f"{split}/examples": len(elbo),
-        f"{split}/nonfinite_examples": int((~torch.isfinite(elbo)).sum()),
+        key("elbo_nats", split): mean_elbo,
+        **_per_dim("elbo", split, mean_elbo, task),
+        key("log_px_nats", split): float(log_px.mean()),
+        key("kl_nats", split): float((log_px - elbo).mean()),
+        key("examples", split): len(elbo),
+        key("nonfinite_examples", split): int((~torch.isfinite(elbo)).sum()),
     }
 
 
 def _collapse_metrics(
-    split: str, kl_units: dict[str, Tensor], post_means: dict[str, Tensor], cfg: EvalConfig
+    split: str,
+    draws: dict[str, GroupDraws],
+    activities: dict[str, Activity],
+    exact: bool,
+    cfg: EvalConfig,
+    notes: dict[str, str],
 ) -> dict[str, float]:
+    """Per group and overall: active, uncertain and conditionally active units; KL collapse over
+    the analytic groups only, and each analytic group's share of their total KL."""
     out: dict[str, float] = {}
-    total_kl = sum(float(k.mean(0).sum()) for k in kl_units.values())
-    units = active = kl_collapsed = 0
-    for g, kl in kl_units.items():
-        stats = group_collapse(
-            post_means[g], kl.mean(0), cfg.au_threshold, cfg.kl_collapse_threshold
+    stats = {
+        g: group_collapse(
+            activities[g],
+            d.conditional(exact),
+            d.term.double().mean(0),
+            d.analytic,
+            cfg.au_threshold,
+            cfg.kl_collapse_threshold,
         )
-        for name, value in stats.items():
-            out[f"{split}/{name}/{g}"] = value
-        out[f"{split}/kl_share/{g}"] = stats["kl_nats"] / total_kl if total_kl > 0 else 0.0
-        units += stats["units"]
-        active += stats["active_units"]
-        kl_collapsed += round(stats["kl_collapse_rate"] * stats["units"])
-    out[f"{split}/units"] = units
-    out[f"{split}/active_units"] = active
-    out[f"{split}/collapse_rate"] = 1.0 - active / units
-    out[f"{split}/kl_collapse_rate"] = kl_collapsed / units
+        for g, d in draws.items()
+    }
+    analytic_kl = sum(s["kl_nats"] for s in stats.values() if "kl_nats" in s)
+    for g, group in stats.items():
+        for name, value in group.items():
+            out[key(name, split, g)] = value
+        if "kl_nats" in group:
+            out[key("kl_share", split, g)] = group["kl_nats"] / analytic_kl if analytic_kl else 0.0
+        else:
+            notes[key("kl_collapse_rate", split, g)] = (
+                "n/a: a rate term, not a KL (the group is inferred before its prior's parents)"
+            )
+    units = sum(s["units"] for s in stats.values())
+    counted = [s for s in stats.values() if "kl_nats" in s]
+    for name in ("active_units", "uncertain_units", "conditional_active_units"):
+        out[key(name, split)] = sum(s[name] for s in stats.values())
+    out[key("units", split)] = units
+    out[key("collapse_rate", split)] = 1.0 - out[key("active_units", split)] / units
+    out[key("conditional_collapse_rate", split)] = (
+        1.0 - out[key("conditional_active_units", split)] / units
+    )
+    kl_units = sum(s["units"] for s in counted)
+    out[key("kl_collapse_rate", split)] = (
+        sum(s["kl_collapse_rate"] * s["units"] for s in counted) / kl_units
+        if kl_units
+        else math.nan
+    )
+    if not kl_units:
+        notes[key("kl_collapse_rate", split)] = "n/a: no group has an analytic KL"
     return out
 
 
 def _disentanglement_metrics(
-    split: str, task: TaskData, post_means: dict[str, Tensor], n: int
+    split: str,
+    task: TaskData,
+    post_means: dict[str, Tensor],
+    activities: dict[str, Activity],
+    threshold: float,
+    n: int,
+    notes: dict[str, str],
 ) -> tuple[dict[str, float], Tensor | None]:
-    """MIG, DCI-lasso and the factor × unit |Spearman| matrix of E_q[z|x] (DESIGN §6).
+    """MIG, DCI-lasso of the *active* units' E_q[z|x]; |Spearman| of every unit (docs/design.md §6).
 
-    `post_means` hold the split's first `n` examples; the factors are cut to
-    the same rows. Non-finite posterior means give NaN scores and no matrix
-    (the likelihood metrics already count such examples).
+    Both scores ignore a unit's scale, so a collapsed unit's tiny variation would
+    count as much as a real code: only units active by the (bias-free) activity
+    estimator enter them. `post_means` hold the split's first `n` examples; the
+    factors are cut to the same rows. Non-finite posterior means give NaN scores
+    and no matrix (the likelihood metrics already count such examples).
     """
     if split not in task.factors:
         return {}, None
     codes = disentanglement.latent_units(post_means)
     factors = task.factors[split][:n]
-    keys = [f"{split}/{name}" for name in DISENTANGLEMENT_METRICS]
+    keys = [key(name, split) for name in DISENTANGLEMENT_METRICS]
     if not torch.isfinite(codes).all():
+        for k in keys:
+            notes[k] = "NaN: non-finite posterior means"
         return dict.fromkeys(keys, math.nan), None
+    mask = torch.cat([active(a, threshold) for a in activities.values()])
+    n_active = int(mask.sum())
+    if n_active == 0:
+        for k in keys:
+            notes[k] = "NaN: no active unit, so nothing to score"
+        return dict.fromkeys(keys, math.nan), disentanglement.spearman_matrix(codes, factors)
     discrete = [name in task.discrete_factors for name in task.factor_names]
-    dci = disentanglement.dci_lasso(codes, factors, discrete)
-    mig = disentanglement.mig(codes, factors, discrete)
-    values = (mig, dci.disentanglement, dci.completeness, dci.informativeness)
-    scores = dict(zip(keys, values, strict=True))
+    dci = disentanglement.dci_lasso(codes[:, mask], factors, discrete)
+    mig = disentanglement.mig(codes[:, mask], factors, discrete)
+    scores = dict(
+        zip(keys, (mig, dci.disentanglement, dci.completeness, dci.informativeness), strict=True)
+    )
+    if math.isnan(mig):
+        notes[keys[0]] = (
+            "NaN: fewer than 2 active units (no gap)" if n_active < 2 else "NaN: every factor constant"
+        )
+    for k in keys[1:]:
+        if math.isnan(scores[k]) and dci.reason:
+            notes[k] = f"NaN: {dci.reason}"
     return scores, disentanglement.spearman_matrix(codes, factors)
 
 
 def _iwae_metrics(
-    model: torch.nn.Module, task: TaskData, split: str, accelerator: Accelerator, cfg: EvalConfig
+    model: torch.nn.Module,
+    task: TaskData,
+    split: str,
+    accelerator: Accelerator,
+    cfg: EvalConfig,
+    elbo: Tensor,
 ) -> dict[str, float]:
-    """log (1/k) Σ_j p(x, z_j)/q(z_j|x) per example, k split into chunks so memory stays flat."""
+    """log (1/k) Σ_j p(x, z_j)/q(z_j|x) per example on the split's first `iwae_examples`, with
+    the ELBO of exactly those examples beside it (`elbo` holds the split's per-example ELBOs).
+
+    `log_weights` keeps memory flat in k itself (latents.importance_log_weights).
+    """
     images = task.splits[split]
     limit = min(filter(None, (len(images), cfg.max_examples, cfg.iwae_examples)))
     index = shard(limit, accelerator)
-    k = cfg.iwae_k
-    chunk = min(k, IWAE_SAMPLES_PER_CALL)
-    batch = max(1, IWAE_SAMPLES_PER_CALL // chunk)
-    bounds = []
     base = accelerator.unwrap_model(model)
-    for start in range(0, len(index), batch):
-        x = images[index[start : start + batch]].to(accelerator.device)
-        log_w = []
-        for done in range(0, k, chunk):
-            with accelerator.autocast():
-                log_w.append(base.log_weights(x, min(chunk, k - done)).double())
-        bounds.append(torch.logsumexp(torch.cat(log_w, dim=1), dim=1) - math.log(k))
+    bounds = []
+    for start in range(0, len(index), cfg.batch_size):
+        x = images[index[start : start + cfg.batch_size]].to(accelerator.device)
+        with accelerator.autocast():
+            log_w = base.log_weights(x, cfg.iwae_k).double()
+        bounds.append(torch.logsumexp(log_w, dim=1) - math.log(cfg.iwae_k))
     iwae = gather_rows(accelerator, torch.cat(bounds), limit).cpu()
-    mean = float(iwae.mean())
+    mean, subset_elbo = float(iwae.mean()), float(elbo[:limit].mean())
     return {
-        f"{split}/iwae_nats": mean,
-        **_per_dim(f"{split}/iwae", mean, task),
-        f"{split}/iwae_k": k,
-        f"{split}/iwae_examples": limit,
+        key("iwae_nats", split): mean,
+        **_per_dim("iwae", split, mean, task),
+        key("iwae_elbo_nats", split): subset_elbo,
+        key("iwae_k", split): cfg.iwae_k,
+        key("iwae_examples", split): limit,
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import einops
 import matplotlib
@@ -96,20 +97,32 @@ def latent_histograms(post_means: dict[str, Tensor], path: Path, max_panels: int
     return _save(fig, path)
 
 
-def kl_per_unit(units: dict[str, dict[str, list[float]]], threshold: float, path: Path) -> Path:
-    """Bars of mean KL per unit, one colour per group; units under the threshold are collapsed."""
-    fig, ax = plt.subplots(
-        figsize=(max(6, 0.12 * sum(len(u["kl_nats"]) for u in units.values())), 3)
-    )
+def kl_per_unit(units: dict[str, dict[str, Any]], threshold: float, path: Path) -> Path:
+    """Bars of mean KL per unit, one colour per group; units under the threshold are collapsed.
+
+    A group whose term is a single-sample rate (not a KL: it can be negative) is drawn
+    hatched and labelled as a rate, so no reader takes it for a KL.
+    """
+
+    def terms(stats: dict[str, Any]) -> list[float]:
+        return stats["kl_nats"] if "kl_nats" in stats else stats["rate_nats"]
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.12 * sum(len(terms(u)) for u in units.values())), 3))
     offset = 0
     for i, (group, stats) in enumerate(units.items()):
-        kls = stats["kl_nats"]
-        ax.bar(range(offset, offset + len(kls)), kls, color=f"C{i % 10}", label=group)
-        offset += len(kls)
+        values, rate = terms(stats), "kl_nats" not in stats
+        ax.bar(
+            range(offset, offset + len(values)),
+            values,
+            color=f"C{i % 10}",
+            hatch="//" if rate else None,
+            label=f"{group} (rate term, not a KL)" if rate else group,
+        )
+        offset += len(values)
     ax.axhline(threshold, color="k", linestyle="--", linewidth=0.8, label=f"collapse < {threshold}")
     ax.set_yscale("symlog", linthresh=threshold)
     ax.set_xlabel("latent unit (spatial groups: one bar per channel)")
-    ax.set_ylabel("KL (nats)")
+    ax.set_ylabel("KL or rate term (nats)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import einops
 import torch
@@ -38,8 +38,9 @@ class DiagonalGaussian:
         return cls(soft_clamp(mu, PARAM_BOUND), soft_clamp(log_sigma, PARAM_BOUND))
 
     @classmethod
-    def standard(cls, like: Tensor) -> DiagonalGaussian:
-        zeros = torch.zeros_like(like, dtype=torch.float32)
+    def standard(cls, shape: tuple[int, ...], device: torch.device | None = None) -> DiagonalGaussian:
+        """N(0, I) of the given shape: a top layer's or a root's prior."""
+        zeros = torch.zeros(shape, device=device)
         return cls(zeros, zeros)
 
     def rsample(self) -> Tensor:
@@ -70,16 +71,20 @@ def per_unit(elementwise: Tensor) -> Tensor:
 class ModelOutput:
     """What every model returns for a batch (docs/design.md §3.2).
 
-    `kl_units[g]` is (B, units) in nats; `post_mean[g]` is E_q[z_g | x, parents]
-    for the sampled parents, (B, units) or (B, C, H, W); `px_params` are the
-    decoder's likelihood parameters (for reconstructions).
+    `kl_units[g]` is (B, units) in nats: the analytic KL where `analytic[g]`,
+    otherwise the single-sample rate term log q − log p (see `LatentSample`).
+    `post_mean[g]` is E_q[z_g | x, parents] for the sampled parents, (B, units)
+    or (B, C, H, W), and `prior_mean[g]` E_p[z_g | parents] for the same
+    parents (zeros for a top layer or root). `px_params` are the decoder's
+    likelihood parameters (for reconstructions).
     """
 
     log_px: Tensor
     kl_units: dict[str, Tensor]
     post_mean: dict[str, Tensor]
+    prior_mean: dict[str, Tensor]
+    analytic: dict[str, bool]
     px_params: Tensor
-    extras: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def kl(self) -> dict[str, Tensor]:
@@ -159,6 +164,8 @@ def hierarchy_output(
         log_px=head.log_prob(px_params, head.prepare(x)),
         kl_units={g: s.kl_units() for g, s in groups.items()},
         post_mean={g: s.q.mu for g, s in groups.items()},
+        prior_mean={g: s.p.mu for g, s in groups.items()},
+        analytic={g: s.analytic for g, s in groups.items()},
         px_params=px_params,
     )
 
@@ -209,6 +216,9 @@ class AncestralModel(nn.Module):
     """
 
     head: LikelihoodHead
+    # True when one pass gives E_q[z | x] exactly (no latent group is drawn from
+    # another): the evaluator then needs no Monte Carlo for the activity metrics
+    posterior_mean_is_exact: bool = False
 
     def features(self, x: Tensor) -> list[Tensor]:
         raise NotImplementedError
@@ -221,8 +231,7 @@ class AncestralModel(nn.Module):
     def standard_prior(self, n: int, shape: tuple[int, ...]) -> DiagonalGaussian:
         """N(0, I) for n draws of a group shaped `shape` (a top layer, a root), on the model's
         device."""
-        zeros = torch.zeros(n, *shape, device=next(self.parameters()).device)
-        return DiagonalGaussian(zeros, zeros)
+        return DiagonalGaussian.standard((n, *shape), next(self.parameters()).device)
 
     def hierarchy(self, x: Tensor) -> tuple[Tensor, dict[str, LatentSample]]:
         """One posterior draw of every group: decoder parameters and each group's (z, q, p)."""

@@ -12,6 +12,7 @@ import io
 import math
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ from rich.table import Table
 from hvbench import aggregate, published
 from hvbench.aggregate import Spread
 from hvbench.atomic import write_text
-from hvbench.config import PRECISION_NAMES
+from hvbench.config import PRECISION_NAMES, EvalConfig
 from hvbench.errors import UserError
+from hvbench.metric_table import definition, key
 from hvbench.results import MalformedRecord, load_metrics, metrics_versions, read_status, run_status
 
 COLUMNS = (
@@ -31,10 +33,17 @@ COLUMNS = (
     ("run_id", "run"),
     ("split", "split"),
     ("elbo_nats", "ELBO (nats) ↑"),
+    ("examples", "n"),
     ("nll_per_dim", "−ELBO per dim ↓"),
-    ("iwae_nats", "IWAE (nats) ↑"),
+    ("iwae_nats", "IWAE-k (nats) ↑"),
+    ("iwae_elbo_nats", "ELBO, IWAE set ↑"),
     ("iwae_k", "k"),
+    ("iwae_examples", "n IWAE"),
+    ("reference_iwae_bpd", "−IWAE bpd ↓ (published split)"),
+    ("reference", "published split, k, n"),
     ("active_units", "active/units"),
+    ("uncertain_units", "uncertain"),
+    ("conditional_active_units", "cond. active/units"),
     ("collapse_rate", "collapse ↓"),
     ("kl_collapse_rate", "KL-collapse ↓"),
     ("mig", "MIG ↑"),
@@ -54,11 +63,15 @@ GROUP_COLUMNS = (
     "run_id",
     "split",
     "group",
+    "term",
     "units",
     "active_units",
+    "uncertain_units",
+    "conditional_active_units",
     "collapse_rate",
     "kl_collapse_rate",
     "kl_nats",
+    "rate_nats",
     "kl_share",
 )
 
@@ -123,51 +136,79 @@ def _report_split(run: dict[str, Any]) -> str:
     return run["run"]["eval_splits"][-1]
 
 
+def _reference(m: dict[str, Any], info: dict[str, Any]) -> tuple[float | None, str | None]:
+    """−IWAE bits/dim on the split published numbers use (CelebA-64: valid), with k and n."""
+    split = info.get("reference_split")
+    value = m.get(key("iwae_nll_bpd", split)) if split else None
+    if value is None:
+        return None, None
+    return value, f"{split}, k={m.get(key('iwae_k', split))}, n={m.get(key('iwae_examples', split))}"
+
+
 def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for run in runs:
-        m, info, split = run["metrics"], run["run"], _report_split(run)
-        per_dim = m.get(f"{split}/elbo_nll_bpd")
-        unit = "bpd"
-        if per_dim is None:
-            per_dim, unit = m.get(f"{split}/elbo_nll_nats_per_dim"), "nats/dim"
-        out.append(
-            {
-                "task": run["task"],
-                "model": run["model"],
-                "run_id": run["run_id"],
-                "split": split,
-                "elbo_nats": m.get(f"{split}/elbo_nats"),
-                "nll_per_dim": per_dim,
-                "nll_unit": unit,
-                "iwae_nats": m.get(f"{split}/iwae_nats"),
-                "iwae_k": m.get(f"{split}/iwae_k"),
-                "active_units": f"{m.get(f'{split}/active_units')}/{m.get(f'{split}/units')}",
-                "collapse_rate": m.get(f"{split}/collapse_rate"),
-                "kl_collapse_rate": m.get(f"{split}/kl_collapse_rate"),
-                "mig": m.get(f"{split}/mig"),
-                "dci_lasso_disentanglement": m.get(f"{split}/dci_lasso_disentanglement"),
-                "train_images_per_s": m.get("perf/train_images_per_s"),
-                "eval_images_per_s": m.get(f"perf/{split}_eval_images_per_s"),
-                "parameters": m.get("perf/parameters"),
-                "device": f"{info['device']} ×{info['world_size']}",
-                "precision": PRECISION_NAMES.get(info["precision"], info["precision"]),
-                "steps": info["steps"],
-                "data_source": info["data_source"],
-            }
-        )
+    out = [_run_row(run) for run in runs]
     return sorted(
         out,
         key=lambda r: (r["task"], -(r["elbo_nats"] if r["elbo_nats"] is not None else -math.inf)),
     )
 
 
+def _run_row(run: dict[str, Any]) -> dict[str, Any]:
+    """One run's leaderboard row, every value read through the metric table's keys."""
+    m, info, split = run["metrics"], run["run"], _report_split(run)
+
+    def get(name: str) -> Any:
+        return m.get(key(name, split))
+
+    per_dim, unit = get("elbo_nll_bpd"), "bpd"
+    if per_dim is None:
+        per_dim, unit = get("elbo_nll_nats_per_dim"), "nats/dim"
+    reference_bpd, reference = _reference(m, info)
+    units = get("units")
+    return {
+        "task": run["task"],
+        "model": run["model"],
+        "run_id": run["run_id"],
+        "split": split,
+        "elbo_nats": get("elbo_nats"),
+        "examples": get("examples"),
+        "nll_per_dim": per_dim,
+        "nll_unit": unit,
+        "iwae_nats": get("iwae_nats"),
+        "iwae_elbo_nats": get("iwae_elbo_nats"),
+        "iwae_k": get("iwae_k"),
+        "iwae_examples": get("iwae_examples"),
+        "reference_iwae_bpd": reference_bpd,
+        "reference": reference,
+        "active_units": f"{get('active_units')}/{units}",
+        "uncertain_units": get("uncertain_units"),
+        "conditional_active_units": f"{get('conditional_active_units')}/{units}",
+        "collapse_rate": get("collapse_rate"),
+        "kl_collapse_rate": get("kl_collapse_rate"),
+        "mig": get("mig"),
+        "dci_lasso_disentanglement": get("dci_lasso_disentanglement"),
+        "train_images_per_s": m.get(key("train_images_per_s")),
+        "eval_images_per_s": m.get(key("<split>_eval_images_per_s", split)),
+        "parameters": m.get(key("parameters")),
+        "device": f"{info['device']} ×{info['world_size']}",
+        "precision": PRECISION_NAMES.get(info["precision"], info["precision"]),
+        "steps": info["steps"],
+        "data_source": info["data_source"],
+    }
+
+
 def group_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per latent group; `term` says whether its KL is analytic or a rate term, and a
+    rate term's KL-collapse is n/a (no KL to compare with the threshold)."""
     out = []
     for run in runs:
         split = _report_split(run)
         m = run["metrics"]
-        for group in run["units"].get(split, {}):
+        for group, detail in run["units"].get(split, {}).items():
+            analytic = detail.get("analytic", True)
+            row = {k: m.get(key(k, split, group)) for k in GROUP_COLUMNS[6:]}
+            if not analytic:
+                row["kl_collapse_rate"] = "n/a (rate term)"
             out.append(
                 {
                     "task": run["task"],
@@ -175,7 +216,8 @@ def group_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "run_id": run["run_id"],
                     "split": split,
                     "group": group,
-                    **{k: m.get(f"{split}/{k}/{group}") for k in GROUP_COLUMNS[5:]},
+                    "term": "KL" if analytic else "rate",
+                    **row,
                 }
             )
     return out
@@ -209,6 +251,33 @@ def _csv(fieldnames: list[str], records: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(records)
     return buffer.getvalue()
+
+
+LEGEND = (
+    ("ELBO", "elbo_nats"),
+    ("IWAE-k", "iwae_nats"),
+    ("ELBO, IWAE set", "iwae_elbo_nats"),
+    ("−IWAE bpd (published split)", "iwae_nll_bpd"),
+    ("active", "active_units"),
+    ("uncertain", "uncertain_units"),
+    ("cond. active", "conditional_active_units"),
+    ("KL-collapse", "kl_collapse_rate"),
+    ("MIG", "mig"),
+    ("DCI-lasso D", "dci_lasso_disentanglement"),
+)
+
+
+def _legend(root: Path, main: list[dict[str, Any]]) -> list[str]:
+    """What the columns mean, from the metric table, with the runs' own eval settings."""
+    settings = []
+    for r in main:
+        config = aggregate.run_config(Path(root) / "runs" / r["task"] / r["model"] / r["run_id"])
+        settings.append({**asdict(EvalConfig()), **((config or {}).get("eval") or {})})
+    unique = [dict(t) for t in dict.fromkeys(tuple(sorted(e.items())) for e in settings)]
+    lines = [f"- **{title}**: {definition(name, (unique or [asdict(EvalConfig())])[0])}" for title, name in LEGEND]
+    if len(unique) > 1:
+        lines.append("- Runs differ in their eval settings; the values above are the first run's.")
+    return ["−ELBO per dim is bits/dim for 8-bit data under a discrete likelihood, nats/dim otherwise.", *lines]
 
 
 def seed_rows(root: Path, main: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -276,11 +345,8 @@ def build(
         "# hvbench leaderboard",
         "",
         "Rebuilt by `hvbench leaderboard` from every `results/runs/*/*/*/metrics.json`.",
-        "ELBO: single-sample bound averaged over the split; IWAE: importance-weighted bound with k samples.",
-        "−ELBO per dim is bits/dim for 8-bit data under a discrete likelihood, nats/dim otherwise.",
-        "collapse: 1 − active units (Var_x E_q[z_u] > 0.01); KL-collapse: units with mean KL < 0.01 nats.",
-        "MIG: mutual information gap of E_q[z|x] (20 bins); DCI-lasso D: Eastwood & Williams disentanglement",
-        "from lasso weights (not disentanglement_lib's gradient-boosted-tree DCI); — where a task has no factors.",
+        "",
+        *_legend(root, main),
         "",
         *_seeds_markdown(seeds),
         "## Runs",

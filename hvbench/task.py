@@ -51,6 +51,9 @@ class TaskData:
     eval_splits: tuple[str, ...] = ("test",)
     # factors that are categorical (e.g. dSprites shape), for disentanglement metrics
     discrete_factors: tuple[str, ...] = ()
+    # the split published numbers are reported on, when it is not the ranked (last) one:
+    # the leaderboard shows −IWAE bits/dim there, beside the ranked split's numbers
+    reference_split: str | None = None
 
     def __post_init__(self) -> None:
         for split, x in self.splits.items():

@@ -213,7 +213,11 @@ def _hf_columns(split: Any, source: str) -> tuple[str, list[str] | None]:
 
     images = [n for n, f in split.features.items() if isinstance(f, datasets.Image)]
     if len(images) != 1:
-        raise UserError(f"🤗 dataset {source} needs exactly one image column, found {images}")
+        kinds = ", ".join(f"{n} ({getattr(f, 'dtype', type(f).__name__)})" for n, f in split.features.items())
+        raise UserError(
+            f"🤗 dataset {source} needs exactly one column of datasets.Image, found {images}; "
+            f"its columns: {kinds}"
+        )
     by_lower = {name.lower(): name for name in split.column_names}
     found = [by_lower.get(a.lower()) for a in ATTRIBUTES]
     if not any(found):
@@ -389,5 +393,6 @@ def load_celeba(cfg: CelebAConfig, cache_dir: Path) -> TaskData:
         factor_names=names,
         source=meta["source"] + limit,
         eval_splits=("val", "test"),
+        reference_split="val",  # NVAE, Efficient-VDVAE and BIVA report CelebA-64 on valid
         discrete_factors=names,
     )

@@ -30,7 +30,7 @@ TINY_BUDGET = {
         "max_examples": 32,
         "iwae_k": 2,
         "iwae_examples": 8,
-        "au_samples": 1,
+        "au_samples": 2,
     },
     "wandb": {"mode": "disabled"},
 }

@@ -159,3 +159,52 @@ def test_units_flatten_groups_in_order_and_average_spatial_channels() -> None:
     codes = latent_units(post_means)
     assert codes.shape == (3, 4) and codes[:, 3].eq(5.0).all()
     assert unit_names(post_means) == ["top[0]", "top[1]", "map[0]", "map[1]"]
+
+
+@pytest.mark.parametrize("units", [3, 10])
+def test_pure_noise_codes_are_never_called_disentangled(units: int) -> None:
+    """The lasso keeps a few tiny weights for noise; D over their relative sizes alone read 1.0.
+    Factors the codes cannot predict are left out, so D is NaN (or low) in 20 of 20 trials."""
+    for trial in range(20):
+        g = torch.Generator().manual_seed(100 + trial)
+        factors = torch.rand(2000, 3, generator=g, dtype=torch.float64)
+        codes = torch.randn(2000, units, generator=g, dtype=torch.float64)
+        dci = dci_lasso(codes, factors, [False] * 3)
+        assert math.isnan(dci.disentanglement) or dci.disentanglement < 0.2, trial
+        assert math.isnan(dci.disentanglement) == bool(dci.reason)
+
+
+def test_codes_equal_to_the_factors_are_disentangled(factors: torch.Tensor) -> None:
+    dci = dci_lasso(factors.clone(), factors, [False] * 3)
+    assert dci.disentanglement > 0.9 and dci.completeness > 0.9 and not dci.reason
+
+
+def test_lasso_matches_scikit_learn() -> None:
+    """The FISTA lasso on the Gram matrix against scikit-learn's coordinate descent."""
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(800, 6, generator=g, dtype=torch.float64)
+    w = torch.tensor([[1.0, 0], [0.5, 0], [0, -2.0], [0, 0], [0.01, 0], [0, 0.3]], dtype=x.dtype)
+    y = x @ w + 0.3 * torch.randn(800, 2, generator=g, dtype=torch.float64)
+    ours = lasso(x.T @ x / len(x), x.T @ y / len(x), LASSO_ALPHA)
+    reference = linear_model.Lasso(alpha=LASSO_ALPHA, fit_intercept=False, tol=1e-10)
+    reference.fit(x.numpy(), y.numpy())
+    assert np.allclose(ours.numpy(), reference.coef_.T, atol=1e-4)
+
+
+def test_mig_matches_scikit_learn_mutual_information(factors: torch.Tensor) -> None:
+    """MIG as disentanglement_lib computes it: sklearn's mutual_info_score on binned codes."""
+    metrics = pytest.importorskip("sklearn.metrics")
+    codes = torch.cat([factors[:, :2] + 0.1 * noise(2), noise(2, seed=3)], 1)
+    binned = histogram_discretize(codes).numpy()
+    classes = factor_classes(factors, [False] * 3).numpy()
+    mi = np.array(
+        [
+            [metrics.mutual_info_score(classes[:, k], binned[:, j]) for k in range(3)]
+            for j in range(4)
+        ]
+    )
+    entropy = np.array([metrics.mutual_info_score(c, c) for c in classes.T])
+    top = np.sort(mi, axis=0)[::-1]
+    expected = float(np.mean((top[0] - top[1]) / entropy))
+    assert mig(codes, factors, [False] * 3) == pytest.approx(expected, abs=1e-9)

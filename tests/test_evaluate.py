@@ -12,7 +12,7 @@ from torch.distributions import MultivariateNormal
 
 from hvbench.config import EvalConfig
 from hvbench.disentanglement import latent_units, mig, spearman_matrix
-from hvbench.evaluate import evaluate_split
+from hvbench.evaluate import evaluate_split, real_rows
 from hvbench.latents import DiagonalGaussian, ModelOutput, kl_divergence
 from hvbench.task import TaskData, TaskSpec
 
@@ -50,7 +50,7 @@ class LinearGaussian(nn.Module):
             .log_prob(x.flatten(1))
             .sum(-1)
         )
-        return log_px + DiagonalGaussian.standard(z).log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
+        return log_px + DiagonalGaussian.standard(tuple(z.shape)).log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
 
     def forward(self, x: Tensor) -> ModelOutput:
         q = self.posterior(x)
@@ -61,8 +61,15 @@ class LinearGaussian(nn.Module):
             .log_prob(x.flatten(1))
             .sum(-1)
         )
-        kl = kl_divergence(q, DiagonalGaussian.standard(q.mu))
-        return ModelOutput(log_px=log_px, kl_units={"z": kl}, post_mean={"z": q.mu}, px_params=mean)
+        prior = DiagonalGaussian.standard(tuple(q.mu.shape))
+        return ModelOutput(
+            log_px=log_px,
+            kl_units={"z": kl_divergence(q, prior)},
+            post_mean={"z": q.mu},
+            prior_mean={"z": prior.mu},
+            analytic={"z": True},
+            px_params=mean,
+        )
 
     def log_weights(self, x: Tensor, k: int) -> Tensor:
         q = self.posterior(x)
@@ -99,7 +106,7 @@ def test_iwae_converges_to_the_exact_likelihood_and_bounds_it(accelerator: Accel
     bounds = {}
     for k in (1, 10, 1000):
         torch.manual_seed(2)
-        cfg = EvalConfig(batch_size=128, iwae_k=k, au_samples=1, throughput_warmup=0)
+        cfg = EvalConfig(batch_size=128, iwae_k=k, au_samples=2, throughput_warmup=0)
         bounds[k] = evaluate_split(model, task, "test", accelerator, cfg).metrics
     elbo = bounds[1]["test/elbo_nats"]
     assert abs(bounds[1]["test/iwae_nats"] - elbo) < 0.1  # IWAE-1 is the ELBO in expectation
@@ -147,3 +154,29 @@ def test_disentanglement_of_the_first_max_examples(accelerator: Accelerator) -> 
     assert evaluation.metrics["test/dci_lasso_informativeness"] > 0.7
     assert evaluation.factor_unit.shape == (2, 2)
     assert torch.equal(evaluation.factor_unit, spearman_matrix(codes, factors))
+
+
+def test_iwae_and_its_elbo_come_from_the_same_examples(accelerator: Accelerator) -> None:
+    """The first 50 examples are shifted far from the data: the IWAE subset's own ELBO shows it,
+    the whole-split ELBO does not, and IWAE − ELBO on the subset stays a small positive gap."""
+    model = LinearGaussian(inflate=1.6)
+    task = task_from(model, 400)
+    task.splits["test"][:50] += 3.0
+    cfg = EvalConfig(iwae_k=200, iwae_examples=50, throughput_warmup=0)
+    m = evaluate_split(model, task, "test", accelerator, cfg).metrics
+    assert m["test/iwae_examples"] == 50 and m["test/examples"] == 400
+    assert m["test/iwae_elbo_nats"] < m["test/elbo_nats"] - 10
+    assert 0 < m["test/iwae_nats"] - m["test/iwae_elbo_nats"] < 2
+
+
+def test_padding_rows_are_not_real_examples() -> None:
+    """7 examples over 2 processes: shards of 4, the second padded by one repeated row."""
+
+    class Process:
+        num_processes = 2
+
+        def __init__(self, index: int):
+            self.process_index = index
+
+    assert [real_rows(7, Process(0), 0, 4), real_rows(7, Process(1), 0, 4)] == [4, 3]
+    assert real_rows(7, Process(1), 2, 2) == 1
