@@ -35,6 +35,7 @@ import torch
 from hvbench.errors import UserError
 from hvbench.registry import register_task
 from hvbench.task import Likelihood, TaskData, TaskSpec
+from hvbench.tasks._arrow import MappedImages, column_views
 from hvbench.tasks._common import SPLITS, open_hf_dataset, seeded_split
 
 ARRAYS = ("images", "factors", "factor_names", "split")
@@ -48,6 +49,8 @@ class FileConfig:
     test_fraction: float = 0.1
     seed: int = 0
     discrete_factors: tuple[str, ...] = ()  # categorical factors, for the disentanglement metrics
+    # a 🤗 dataset whose images take more memory than this stays memory-mapped on disk
+    memory_limit_mb: float = 2048.0
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -72,7 +75,7 @@ def _decoded_images(images: Any, origin: str) -> np.ndarray:
     return stacked.transpose(0, 3, 1, 2) if stacked.ndim == 4 else stacked
 
 
-def _read_dataset(source: str) -> dict[str, np.ndarray]:
+def _read_dataset(source: str) -> dict[str, np.ndarray | MappedImages]:
     """A 🤗 Dataset or DatasetDict → the same arrays an npz would hold."""
     import datasets
 
@@ -85,7 +88,7 @@ def _read_dataset(source: str) -> dict[str, np.ndarray]:
         data = datasets.concatenate_datasets(list(data.values()))
         if "split" in data.column_names:
             raise UserError(f"{source}: give split labels as dataset splits or a column, not both")
-        arrays: dict[str, np.ndarray] = {"split": labels}
+        arrays: dict[str, np.ndarray | MappedImages] = {"split": labels}
     else:
         arrays = {}
     image_columns = [c for c in ("images", "image") if c in data.column_names]
@@ -102,7 +105,12 @@ def _read_dataset(source: str) -> dict[str, np.ndarray]:
     if isinstance(data.features[image], datasets.Image):
         arrays["images"] = _decoded_images(data[image], source)
     else:
-        arrays["images"] = data.with_format("numpy", columns=[image])[:][image]
+        views = column_views(data, image)
+        arrays["images"] = (
+            MappedImages(views)
+            if views is not None
+            else data.with_format("numpy", columns=[image])[:][image]
+        )
     if "split" in columns:
         arrays["split"] = columns.pop("split")
     if columns:
@@ -131,7 +139,7 @@ def _images(images: np.ndarray, origin: str) -> tuple[np.ndarray, Likelihood]:
         raise UserError(
             f"{origin}: image {first[0]} holds {images[tuple(first)]}, not a finite value"
         )
-    if np.isin(images, (0, 1)).all():
+    if ((images == 0) | (images == 1)).all():  # np.isin's temporaries take 8 bytes a value
         return images.astype(np.uint8), "bernoulli"
     if images.dtype.kind == "f":
         return images.astype(np.float32), "gaussian"
@@ -191,9 +199,12 @@ def _split(arrays: dict[str, np.ndarray], n: int, cfg: FileConfig, origin: str) 
     return parts
 
 
-def _digest(images: np.ndarray, factors: np.ndarray | None, names: tuple, split: dict) -> str:
+def _digest(
+    images: np.ndarray | MappedImages, factors: np.ndarray | None, names: tuple, split: dict
+) -> str:
     digest = hashlib.sha256(str((images.shape, images.dtype.str, names)).encode())
-    digest.update(np.ascontiguousarray(images).tobytes())
+    for chunk in images.chunks() if isinstance(images, MappedImages) else [images]:
+        digest.update(np.ascontiguousarray(chunk).tobytes())
     if factors is not None:
         digest.update(factors.tobytes())
     for name in SPLITS:
@@ -218,7 +229,13 @@ def load_file(cfg: FileConfig, cache_dir: Path) -> TaskData:
         raise UserError(f"{path}: unexpected array {unknown[0]!r}; allowed: {', '.join(ARRAYS)}")
     if "images" not in arrays:
         raise UserError(f"{path}: no 'images' array")
-    images, likelihood = _images(arrays["images"], str(path))
+    images = arrays["images"]
+    if isinstance(images, MappedImages) and images.nbytes <= cfg.memory_limit_mb * 2**20:
+        images = images.read()
+    if isinstance(images, MappedImages):  # validated, hashed and gathered chunk by chunk
+        images, likelihood = images.validated(_images, str(path))
+    else:
+        images, likelihood = _images(images, str(path))
     factors, names = _factors(arrays, len(images), str(path))
     missing = [name for name in cfg.discrete_factors if name not in names]
     if missing:
@@ -232,7 +249,12 @@ def load_file(cfg: FileConfig, cache_dir: Path) -> TaskData:
     return TaskData(
         name="file",
         spec=TaskSpec(shape=tuple(images.shape[1:]), likelihood=likelihood),
-        splits={s: torch.from_numpy(images[rows]) for s, rows in split.items()},
+        splits={
+            s: images.split(rows)
+            if isinstance(images, MappedImages)
+            else torch.from_numpy(images[rows])
+            for s, rows in split.items()
+        },
         factors={s: torch.from_numpy(f) for s, f in factor_splits.items()},
         factor_names=names,
         source=f"file {path.name} sha256:{_digest(images, factors, names, split)}({how})",
