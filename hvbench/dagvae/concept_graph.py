@@ -54,17 +54,15 @@ def validate(nodes: Sequence[ConceptNode]) -> list[ConceptNode]:
 def _topological_order(nodes: Sequence[ConceptNode]) -> list[ConceptNode]:
     """Parents first; among nodes ready at the same time, the one listed first in the config.
 
-    `graphlib` finds the order and names a cycle; taking one ready node at a time by config
-    position keeps the order (and so the order in which parameters are built) deterministic.
+    `graphlib` finds the order; taking one ready node at a time by config position keeps the
+    order (and so the order in which parameters are built) deterministic.
     """
     sorter = graphlib.TopologicalSorter({n.name: n.parents for n in nodes})
-    position = {n.name: i for i, n in enumerate(nodes)}
     try:
         sorter.prepare()
-    except graphlib.CycleError as err:
-        raise UserError(
-            f"model.nodes has a cycle: {' → '.join(_from_first(err.args[1], position))}"
-        ) from None
+    except graphlib.CycleError:
+        raise UserError(f"model.nodes has a cycle: {' → '.join(_cycle(nodes))}") from None
+    position = {n.name: i for i, n in enumerate(nodes)}
     ready: list[int] = []
     placed: list[ConceptNode] = []
     while sorter.is_active():
@@ -76,9 +74,21 @@ def _topological_order(nodes: Sequence[ConceptNode]) -> list[ConceptNode]:
     return placed
 
 
-def _from_first(cycle: Sequence[str], position: Mapping[str, int]) -> list[str]:
-    """graphlib's closed cycle (parent → child), rotated to start at its node listed first."""
-    ring = list(cycle[:-1])
+def _cycle(nodes: Sequence[ConceptNode]) -> list[str]:
+    """A cycle as `graphlib` names it when it follows parent links, written parent → child from
+    the node listed first and closed on it.
+
+    graphlib walks from a node to its successors; with every node's children given as its
+    predecessors, those are the node's parents, so the cycle named is the one met by following
+    the `parents` the config lists (a node a with `parents: [c]` gives "a → c → a", not a
+    longer cycle through a's children).
+    """
+    children = {n.name: [c.name for c in nodes if n.name in c.parents] for n in nodes}
+    try:
+        graphlib.TopologicalSorter(children).prepare()
+    except graphlib.CycleError as err:
+        ring = err.args[1][:-1][::-1]  # child → parent reversed: parent → child
+    position = {n.name: i for i, n in enumerate(nodes)}
     first = min(range(len(ring)), key=lambda i: position[ring[i]])
     ring = ring[first:] + ring[:first]
     return [*ring, ring[0]]
