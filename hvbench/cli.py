@@ -73,7 +73,10 @@ def _list(args: argparse.Namespace) -> None:
 def _leaderboard(args: argparse.Namespace) -> None:
     from hvbench.leaderboard import SEED_COLUMNS, build, print_table, print_unranked, unranked_runs
 
-    main, _, seeds = build(Path(args.root))
+    try:
+        main, _, seeds = build(Path(args.root))
+    except OSError as err:  # e.g. a read-only root: the records were read, nothing was written
+        raise UserError(f"cannot write the leaderboard into {args.root}: {err.strerror}") from None
     print_table(seeds, columns=SEED_COLUMNS, title="hvbench leaderboard over seeds (mean ± std)")
     print_table(main)
     if args.all:
@@ -347,7 +350,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"hvbench: run failed: {err} (run {err.run_dir})", 1)
     except RunInterrupted as stop:
         resume = f"hvbench run --resume {stop.run_dir}"
-        _fail(f"hvbench: interrupted; resume from step {stop.step} with: {resume}", 128 + stop.signum)
+        where = f"after step {stop.step} (checkpoint saved)" if stop.step else "before step 1"
+        _fail(f"hvbench: interrupted {where}; resume with: {resume}", 128 + stop.signum)
     except KeyboardInterrupt:
         _fail("hvbench: interrupted before the run started; nothing to resume", 130)
 

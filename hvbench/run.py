@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -180,19 +181,12 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
                 }
             )
             if main:
-                figure_paths = (
-                    _figures(
-                        accelerator.unwrap_model(model),
-                        task,
-                        evaluations,
-                        result.history,
-                        run_dir,
-                        cfg,
-                    )
-                    if cfg.output.figures
-                    else {}
+                figure_paths = _safe_figures(
+                    accelerator.unwrap_model(model), task, evaluations, result.history, run_dir, cfg
                 )
-                record = _record(cfg, task, accelerator, evaluations, metrics, run_id, result.steps, started)
+                record = _record(
+                    cfg, task, accelerator, evaluations, metrics, run_id, result.steps, started
+                )
                 write_json(run_dir / METRICS_FILE, record)
                 tracker.log(metrics, result.steps)
                 tracker.log_figures(figure_paths, result.steps)
@@ -270,8 +264,9 @@ def _record(
         "run_id": run_id,
         "metrics": {k: _json_number(v) for k, v in metrics.items()},
         "units": {split: e.units for split, e in evaluations.items()},
+        "notes": {k: v for e in evaluations.values() for k, v in e.notes.items()},
         "factor_unit": _factor_unit_record(task, evaluations),
-        "run": _run_info(cfg, task, accelerator, steps, started),
+        "run": _run_info(cfg, task, accelerator, steps, started, evaluations),
     }
 
 
@@ -317,7 +312,10 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> Path:
             "rng": rng,
             "previous": metrics_versions(run_dir)[-1].name,
         }
-        path = write_new_metrics(run_dir, record)
+        try:
+            path = write_new_metrics(run_dir, record)
+        except OSError as err:
+            raise UserError(f"cannot add a metrics version to {run_dir}: {err.strerror}") from None
     path = Path(broadcast_object_list([str(path)])[0])
     accelerator.wait_for_everyone()
     accelerator.print(f"re-evaluated {run_dir}: {path.name}")
@@ -420,18 +418,8 @@ def _run_info(
         "data_source": task.source,
         "likelihood": task.spec.likelihood,
         "eval_splits": list(task.eval_splits),
-        "estimators": {
-            "elbo": "single-sample ELBO averaged over the split",
-            "iwae": f"IWAE-{cfg.eval.iwae_k}",
-            "mig": (
-                f"{disentanglement.BINS} equal-width bins per unit and continuous factor; "
-                f"factors with at most {disentanglement.GRID_CLASSES} levels used by level"
-            ),
-            "dci": (
-                f"lasso alpha={disentanglement.LASSO_ALPHA} on standardised E_q[z|x] and factors, "
-                f"every {disentanglement.HOLDOUT_EVERY}th example held out"
-            ),
-        },
+        "reference_split": task.reference_split,
+        "estimators": next(iter(evaluations.values())).estimators,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.time() - started, 1),
         "provenance": provenance(),
@@ -456,6 +444,25 @@ def _factor_unit_record(
 def _json_number(value: Any) -> Any:
     """JSON has no NaN/inf: a non-finite metric is written as null (and counted elsewhere)."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _safe_figures(
+    model: torch.nn.Module,
+    task: TaskData,
+    evaluations: dict[str, SplitEvaluation],
+    history: list[dict[str, float]],
+    run_dir: Path,
+    cfg: RunConfig,
+) -> dict[str, Path]:
+    """The figures, unless off; a model whose outputs are not finite (the metrics say so) gets
+    a warning instead of figures, never a traceback after its numbers are known."""
+    if not cfg.output.figures:
+        return {}
+    try:
+        return _figures(model, task, evaluations, history, run_dir, cfg)
+    except ValueError as err:  # matplotlib refuses NaN/inf ranges
+        print(f"hvbench: warning: figures not drawn: {err}", file=sys.stderr)
+        return {}
 
 
 @torch.no_grad()

@@ -266,9 +266,12 @@ def diagnose(
         parts.append(f"KL gradient not finite in latent group(s) {', '.join(bad_grad)}")
     if not torch.isfinite(out.log_px.float().mean()):
         parts.append("log p(x|z) not finite")
-    if not parts and norms:
+    if not bad_kl and not bad_grad and norms:
         top = max(norms, key=lambda g: norms[g])
-        parts.append(f"largest KL gradient norm {norms[top]:.3g} in latent group {top}")
+        parts.append(
+            f"KL and its gradient finite in every latent group (largest gradient norm "
+            f"{norms[top]:.3g}, in {top})"
+        )
     advice = "lower train.lr, set train.grad_clip"
     if cfg.skip_threshold > 0:
         advice += f" or raise train.skip_threshold={cfg.skip_threshold}"
