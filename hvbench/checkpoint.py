@@ -111,10 +111,9 @@ class Checkpointer:
         acc.wait_for_everyone()
         return final
 
-    def restore(self, folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """Load `folder` into the accelerator's model, optimizer, scaler and RNGs; return the
-        training state and the sampler state. A missing, truncated or foreign checkpoint is a
-        UserError naming it."""
+    def check(self, folder: Path) -> dict[str, Any]:
+        """The checkpoint's state if it is one of this run's, for this many processes: checked
+        before a resume writes anything."""
         acc = self.accelerator
         record = read_state(folder)
         if record.get("fingerprint") != self.fingerprint:
@@ -125,6 +124,14 @@ class Checkpointer:
                 f"resume it with as many (this is {acc.num_processes}): the batches and random "
                 "streams are per process"
             )
+        return record
+
+    def restore(self, folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """Load `folder` into the accelerator's model, optimizer, scaler and RNGs; return the
+        training state and the sampler state. A missing, truncated or foreign checkpoint is a
+        UserError naming it."""
+        acc = self.accelerator
+        record = self.check(folder)
         saved_rng = read_rng(folder, acc.process_index)
         try:
             sampler = load_file(str(folder / SAMPLER_FILE))

@@ -152,7 +152,6 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
 
     with hold_run(run_dir) if main else contextlib.nullcontext():
         accelerator.wait_for_everyone()
-        status("running", last_checkpoint())
         checkpointer = Checkpointer(
             accelerator,
             run_dir,
@@ -160,6 +159,9 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
             fingerprint(cfg.to_dict()),
             on_save=lambda step: status("running", step),
         )
+        if checkpointer.latest() is not None:
+            checkpointer.check(checkpointer.latest())  # a foreign one is refused before any write
+        status("running", last_checkpoint())
         tracker = Tracker(cfg, run_dir, run_id, accelerator.device, main)
         try:
             result = _train(cfg, task, model, optimizer, accelerator, tracker, checkpointer)

@@ -171,7 +171,15 @@ def train(
             state.consecutive_skips = state.consecutive_skips + 1 if skipped or overflow else 0
             problem = _progress_problem(state, steps, cfg, step)
             if problem:
-                raise TrainingDiverged(f"{problem}; {diagnose(model, x, accelerator, cfg)}")
+                cause = (
+                    f"gradient norm {float(grad_norm):.3g} > train.skip_threshold"
+                    if spike
+                    else "non-finite loss"
+                    if not finite_loss
+                    else "non-finite gradient"
+                )
+                why = diagnose(model, x, accelerator, cfg)
+                raise TrainingDiverged(f"{problem} (step {step}: {cause}); {why}")
             if step - first >= warmup:
                 synchronize(accelerator.device)
                 state.timed_seconds += time.perf_counter() - t0

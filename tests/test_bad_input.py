@@ -9,6 +9,7 @@ absolute run id points at.
 from __future__ import annotations
 
 import io
+import json
 import uuid
 import zipfile
 from pathlib import Path
@@ -43,6 +44,15 @@ def fake_run(folder: Path, status: str, weights: bytes | None = None) -> None:
         write_json(folder / "metrics.json", {**record, "run": {"eval_splits": ["test"]}})
     if weights is not None:
         (folder / "model.safetensors").write_bytes(weights)
+    (folder / ".lock").touch()
+
+
+def fake_checkpoint(run: Path, state: dict | None) -> None:
+    folder = run / "checkpoints" / "step-00000010"
+    folder.mkdir(parents=True)
+    if state is not None:
+        state = {"format": 1, "step": 10, "world_size": 1, "train": {}, **state}
+        (folder / "hvbench_state.json").write_text(json.dumps(state))
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +79,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_file({"encoder.weight": torch.zeros(3)}, str(data / "foreign.safetensors"))
     runs = root / "work" / "results" / "runs" / "toy-corr" / "vae"
     fake_run(runs / "interrupted", "interrupted")
+    for name, state in (("foreign-checkpoint", {"fingerprint": "0"}), ("no-checkpoint", None)):
+        fake_run(runs / name, "interrupted")
+        fake_checkpoint(runs / name, state)
     fake_run(runs / "finished", "finished", good)
     fake_run(runs / "no-weights", "finished")
     fake_run(runs / "truncated", "finished", good[: len(good) // 2])
@@ -135,6 +148,8 @@ CASES = [
     (["run", "--resume", f"{RUNS}/interrupted", "--set", "eval.iwae_k=5"], "--resume cannot change eval.iwae_k (the run has 16, asked 5)"),
     (["run", "--resume", f"{RUNS}/interrupted", "--config", SMOKE], "drop --config"),
     (["run", "--resume", f"{RUNS}/finished"], f"run {RUNS}/finished already finished"),
+    (["run", "--resume", f"{RUNS}/foreign-checkpoint"], f"checkpoint {RUNS}/foreign-checkpoint/checkpoints/step-00000010 was written by a run with another config"),
+    (["run", "--resume", f"{RUNS}/no-checkpoint"], f"{RUNS}/no-checkpoint/checkpoints/step-00000010 is not an hvbench checkpoint"),
     (["eval", "{in}/missing-run"], "missing-run is not a run folder"),
     (["eval", f"{RUNS}/finished", "--set", "train.lr=0.1"], "only takes eval.KEY=VALUE overrides, got 'train.lr=0.1'"),
     (["eval", f"{RUNS}/finished", "--set", "eval.iwae_k=-1"], "'eval.iwae_k' must be an integer >= 0, got -1"),

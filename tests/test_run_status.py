@@ -116,3 +116,17 @@ def test_a_checkpoint_being_written_is_not_a_checkpoint(tmp_path: Path) -> None:
     for name in ("step-00000004", ".tmp-step-00000006", "step-00000002", "notes"):
         (folder / name).mkdir(parents=True)
     assert [step for step, _ in checkpoints(tmp_path)] == [2, 4]
+
+
+def test_a_gradient_norm_past_skip_threshold_skips_and_fails_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["run", "--config", SMOKE, "--set", "train.skip_threshold=1e-6"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--set", f"output.root={tmp_path}"])
+    assert exit_.value.code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "training failed at step 1: 1 of 1 steps skipped" in line
+    assert "> train.skip_threshold" in line and "raise train.skip_threshold=1e-06" in line
+    (run,) = (tmp_path / "runs" / "toy-corr" / "vae").iterdir()
+    assert run_status(run) == "failed" and not checkpoints(run)
