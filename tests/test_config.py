@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
 from hvbench.config import (
+    RANGES,
+    SECTIONS,
     RunConfig,
     TrainConfig,
+    flatten,
     parse_override,
     read_yaml,
     resolve,
@@ -111,3 +116,36 @@ def test_a_one_section_command_takes_only_its_section_in_order() -> None:
         section_overrides(["train.steps=1"], "model", "bench")
     with pytest.raises(UserError, match=r"^data prepare only takes task\.KEY=VALUE overrides"):
         section_overrides(["task.a.b=1"], "task", "data prepare")
+
+
+def test_every_numeric_key_of_the_shared_sections_has_a_range() -> None:
+    """A new train/eval number without a range would let 0, -1 or NaN through to a traceback."""
+    cfg = resolve("toy-corr", "vae")
+    for section in SECTIONS[2:]:
+        options = getattr(cfg, section)
+        hints = typing.get_type_hints(type(options))
+        for f in dataclasses.fields(options):
+            kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+            if int in kinds or float in kinds:
+                assert f"{section}.{f.name}" in RANGES, f"{section}.{f.name} has no range"
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("train.steps=0", "'train.steps' must be an integer >= 1, got 0"),
+        ("train.lr=.nan", "'train.lr' must be a finite number > 0, got nan"),
+        ("task.n_val=0", "'task.n_val' must be an integer >= 1, got 0"),
+        ("output.run_id=../x", "'output.run_id' got '../x'"),
+    ],
+)
+def test_values_out_of_range_are_refused_when_the_config_resolves(
+    override: str, fragment: str
+) -> None:
+    with pytest.raises(UserError) as err:
+        resolve("toy-corr", "vae", overrides=[override])
+    assert fragment in str(err.value)
+
+
+def test_flatten_names_keys_as_set_does() -> None:
+    assert flatten({"train": {"lr": 1, "x": {}}, "a": 2}) == {"train.lr": 1, "train.x": {}, "a": 2}
