@@ -46,7 +46,8 @@ def test_run_writes_config_metrics_and_figures(smoke_run: tuple[Path, Path]) -> 
         "test/dci_lasso_completeness",
         "test/dci_lasso_informativeness",
     ):
-        assert isinstance(metrics[key], (int, float)), key
+        # a number, or NaN (null) with the reason: a 30-step model may have no active unit to score
+        assert isinstance(metrics[key], (int, float)) or key in record["notes"], key
     assert metrics["test/log_px_nats"] - metrics["test/kl_nats"] == pytest.approx(
         metrics["test/elbo_nats"]
     )

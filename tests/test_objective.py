@@ -31,7 +31,12 @@ def output(kl_a: float, kl_b: float, log_px: float) -> ModelOutput:
         "b": torch.tensor([[kl_b]], requires_grad=True),
     }
     return ModelOutput(
-        log_px=torch.tensor([log_px]), kl_units=kl, post_mean={}, px_params=torch.zeros(1)
+        log_px=torch.tensor([log_px]),
+        kl_units=kl,
+        post_mean={},
+        prior_mean={},
+        analytic=dict.fromkeys(kl, True),
+        px_params=torch.zeros(1),
     )
 
 
