@@ -47,7 +47,8 @@ def fingerprint(config: dict[str, Any]) -> str:
     where = ("checkpoint_every", "keep_checkpoints")
     train = {k: v for k, v in config["train"].items() if k not in where}
     relevant = {"task": config["task"], "model": config["model"], "train": train}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    text = json.dumps(relevant, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -169,7 +170,9 @@ def read_rng(folder: Path, process_index: int) -> dict[str, Any]:
     try:
         states = accelerate_load(path, weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"checkpoint {folder} has no random states of process {process_index}") from None
+        raise UserError(
+            f"checkpoint {folder} has no random states of process {process_index}"
+        ) from None
     except Exception as err:  # torch.load raises many types on a damaged or foreign file
         raise UserError(f"checkpoint {folder}: {path.name}: {_first_line(err)}") from None
     if not isinstance(states, dict) or "torch_manual_seed" not in states:

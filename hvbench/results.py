@@ -162,7 +162,9 @@ def hold_run(run_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def write_status(run_dir: Path, status: str, step: int, steps: int, reason: str | None = None) -> None:
+def write_status(
+    run_dir: Path, status: str, step: int, steps: int, reason: str | None = None
+) -> None:
     """Record what the run is doing now; `reason` says why a run failed or stopped."""
     if status not in STATUSES:
         raise ValueError(f"unknown run status {status!r}")
@@ -197,7 +199,8 @@ def read_status(run_dir: Path) -> dict[str, Any]:
 
 
 def run_status(run_dir: Path) -> str:
-    """running | finished | failed | interrupted | unknown: what a sweep checks before (re)starting a run."""
+    """running | finished | failed | interrupted | unknown: what a sweep checks before it
+    starts or resumes a run."""
     return read_status(run_dir)["status"]
 
 

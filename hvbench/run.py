@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,9 @@ def resume(run_dir: Path, overrides: list[str]) -> Path:
     return _train_and_evaluate(cfg, Path(run_dir))
 
 
-def saved_config(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], how: str) -> RunConfig:
+def saved_config(
+    run_dir: Path, overrides: list[str], allowed: tuple[str, ...], how: str
+) -> RunConfig:
     """A run folder's saved config with `overrides`, refusing any that would change what the
     run's numbers mean (only keys starting with one of `allowed` may change)."""
     run_dir = Path(run_dir)
@@ -108,12 +111,12 @@ def saved_config(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], 
     saved = resolve(config_file=run_dir / "config.yaml")
     cfg = resolve(config_file=run_dir / "config.yaml", overrides=overrides)
     before, after = flatten(saved.to_dict()), flatten(cfg.to_dict())
+    may = ", ".join(k + "*" if k.endswith(".") else k for k in allowed)
     for key in sorted(set(before) | set(after)):
         if before.get(key) != after.get(key) and not key.startswith(allowed):
             raise UserError(
                 f"{how} cannot change {key} (the run has {before.get(key)!r}, asked "
-                f"{after.get(key)!r}): it would change the run's numbers; "
-                f"{how} may change: {', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in allowed)}"
+                f"{after.get(key)!r}): it would change the run's numbers; {how} may change: {may}"
             )
     return cfg
 
@@ -139,7 +142,9 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
             save_config(run_dir, cfg.to_dict())
     run_id = run_dir.name
     steps = total_steps(cfg.train, len(task.splits["train"]), accelerator.num_processes)
-    previous = read_status(run_dir) if resuming else None
+    # a resume refused for bad input leaves status.json as it found it
+    status_path = run_dir / STATUS_FILE
+    previous = status_path.read_bytes() if resuming and status_path.is_file() else None
     main = accelerator.is_main_process
 
     def status(state: str, step: int, reason: str | None = None) -> None:
@@ -162,8 +167,9 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
         if checkpointer.latest() is not None:
             checkpointer.check(checkpointer.latest())  # a foreign one is refused before any write
         status("running", last_checkpoint())
-        tracker = Tracker(cfg, run_dir, run_id, accelerator.device, main)
+        tracker: Tracker | None = None
         try:
+            tracker = Tracker(cfg, run_dir, run_id, accelerator.device, main)
             result = _train(cfg, task, model, optimizer, accelerator, tracker, checkpointer)
             save_weights(run_dir, accelerator, model)
             evaluations = {
@@ -195,34 +201,41 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
                 tracker.summarise(metrics)
             status("finished", steps)
             tracker.finish()
-        except Interrupted as stop:
-            tracker.finish(exit_code=1)
-            status("interrupted", stop.step, f"{signal.Signals(stop.signum).name} at step {stop.step}")
-            raise RunInterrupted(run_dir, stop.step, stop.signum) from None
-        except KeyboardInterrupt:
-            tracker.finish(exit_code=1)
-            step = last_checkpoint()
-            status("interrupted", step, f"SIGINT after the checkpoint of step {step}")
-            raise RunInterrupted(run_dir, step, signal.SIGINT) from None
-        except TrainingDiverged as err:
-            tracker.finish(exit_code=1)
-            status("failed", last_checkpoint(), str(err))
-            raise RunFailed(str(err), run_dir) from None
-        except UserError as err:
-            tracker.finish(exit_code=1)
-            if previous is not None and main:  # bad input to a resume: the run is as it was
-                write_json(run_dir / STATUS_FILE, previous)
-            else:
-                status("failed", last_checkpoint(), str(err))
-            raise
         except BaseException as err:
-            tracker.finish(exit_code=1)
-            status("failed", last_checkpoint(), f"{type(err).__name__}: {err}")
-            raise
+            if tracker is not None:
+                tracker.finish(exit_code=1)
+            if isinstance(err, UserError) and resuming:
+                if main and previous is not None:
+                    write_atomic(status_path, lambda f: f.write(previous))
+                elif main:
+                    status_path.unlink(missing_ok=True)
+                raise
+            reported = _mark_stopped(err, run_dir, status, last_checkpoint())
+            if reported is None:
+                raise
+            raise reported from None
     accelerator.wait_for_everyone()
     accelerator.print(f"run finished: {run_dir}")
     accelerator.end_training()
     return run_dir
+
+
+def _mark_stopped(
+    err: BaseException, run_dir: Path, status: Callable[..., None], step: int
+) -> Exception | None:
+    """Record in status.json how the run stopped; return what the CLI reports in one line, or
+    None to let `err` (a bug or an OS error) keep its traceback."""
+    if isinstance(err, Interrupted):
+        status("interrupted", err.step, f"{signal.Signals(err.signum).name} at step {err.step}")
+        return RunInterrupted(run_dir, err.step, err.signum)
+    if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C, or one outside the training loop
+        status("interrupted", step, f"SIGINT after the checkpoint of step {step}")
+        return RunInterrupted(run_dir, step, signal.SIGINT)
+    if isinstance(err, TrainingDiverged):
+        status("failed", step, str(err))
+        return RunFailed(str(err), run_dir)
+    status("failed", step, f"{type(err).__name__}: {err}")
+    return None
 
 
 def _train(
@@ -287,7 +300,9 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> Path:
         )
     weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
-        raise UserError(f"run {run_dir} has no {WEIGHTS_FILE} to evaluate (it predates saved weights)")
+        raise UserError(
+            f"run {run_dir} has no {WEIGHTS_FILE} to evaluate (it predates saved weights)"
+        )
     previous = load_metrics(run_dir)
     started = time.time()
     accelerator = make_accelerator(cfg.train.precision)
@@ -298,7 +313,8 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> Path:
     model = accelerator.prepare(model)
     rng = _restore_evaluation_rng(run_dir, accelerator, cfg)
     evaluations = {
-        split: evaluate_split(model, task, split, accelerator, cfg.eval) for split in task.eval_splits
+        split: evaluate_split(model, task, split, accelerator, cfg.eval)
+        for split in task.eval_splits
     }
     metrics: dict[str, Any] = {k: v for e in evaluations.values() for k, v in e.metrics.items()}
     metrics.update({k: v for k, v in previous["metrics"].items() if k in TRAINING_METRICS})

@@ -264,7 +264,8 @@ def diagnose(
             bad_kl.append(group)
         if value.requires_grad:
             grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
-            norms[group] = math.sqrt(sum(float(g.float().square().sum()) for g in grads if g is not None))
+            squares = (float(g.float().square().sum()) for g in grads if g is not None)
+            norms[group] = math.sqrt(sum(squares))
             if not math.isfinite(norms[group]):
                 bad_grad.append(group)
     parts = []
