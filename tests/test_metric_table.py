@@ -54,3 +54,39 @@ def test_leaderboard_columns_read_keys_of_the_table() -> None:
     for column, _ in leaderboard.COLUMNS:
         assert column in own or column in BY_NAME, column
     assert key("<split>_eval_images_per_s", "val") == "perf/val_eval_images_per_s"
+
+
+def _record(split_metrics: dict, reference_split: str | None) -> dict:
+    return {
+        "task": "celeba",
+        "model": "vae",
+        "run_id": "r",
+        "metrics": split_metrics,
+        "units": {"test": {"z": {"analytic": True}, "z_bu": {"analytic": False}}},
+        "run": {
+            "eval_splits": ["val", "test"],
+            "reference_split": reference_split,
+            "device": "cpu",
+            "world_size": 1,
+            "precision": "no",
+            "steps": 1,
+            "data_source": "x",
+        },
+    }
+
+
+def test_the_board_shows_iwae_bits_per_dim_on_the_published_split_with_k_and_n() -> None:
+    metrics = {"val/iwae_nll_bpd": 2.5, "val/iwae_k": 1000, "val/iwae_examples": 19867}
+    metrics |= {"test/elbo_nats": -1.0, "test/iwae_nll_bpd": 2.7}
+    (row,) = leaderboard.rows([_record(metrics, "val")])
+    assert row["split"] == "test" and row["reference_iwae_bpd"] == 2.5
+    assert row["reference"] == "val, k=1000, n=19867"
+    (plain,) = leaderboard.rows([_record(metrics, None)])
+    assert plain["reference_iwae_bpd"] is None
+
+
+def test_group_rows_mark_rate_terms_and_their_kl_collapse_as_not_applicable() -> None:
+    metrics = {"test/kl_collapse_rate/z": 0.5, "test/kl_collapse_rate/z_bu": float("nan")}
+    rows = {r["group"]: r for r in leaderboard.group_rows([_record(metrics, None)])}
+    assert rows["z"]["term"] == "KL" and rows["z"]["kl_collapse_rate"] == 0.5
+    assert rows["z_bu"]["term"] == "rate" and rows["z_bu"]["kl_collapse_rate"].startswith("n/a")
