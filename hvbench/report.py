@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import statistics
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -181,7 +182,7 @@ def _group_bars(
 
 
 def _finite(values: Iterable[Any]) -> list[float]:
-    return [float(v) for v in values if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
 def _png(fig: plt.Figure) -> bytes:

@@ -279,7 +279,9 @@ def _check_unchanged(run_dir: Path, wanted: dict[str, Any]) -> None:
         saved = yaml.safe_load(saved_path.read_text()) or {}
     except yaml.YAMLError:
         return  # unreadable: the run itself will say so when resumed
-    for key, old, new in _differences(saved, wanted):
+    differences = _differences(saved, wanted)
+    if differences:
+        key, old, new = differences[0]
         raise UserError(
             f"{run_dir} was run with {key}={old!r} but the sweep now asks for {new!r}; "
             "give the sweep a new name, or remove that run folder"

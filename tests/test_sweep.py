@@ -18,8 +18,10 @@ from PIL import Image
 from hvbench import leaderboard, report
 from hvbench.aggregate import Spread
 from hvbench.cli import main
+from hvbench.config import resolve
 from hvbench.errors import UserError
 from hvbench.sweep import dry_run, load, plan, submit
+from hvbench.tracking import init_kwargs
 from tests import browser
 from tests.conftest import CONFIGS, run_cli
 
@@ -50,6 +52,15 @@ def test_every_run_records_its_sweep(swept: Path) -> None:
         assert config["output"]["config_name"] == f"smoke/toy-{run_dir.parent.name}"
         assert config["train"]["seed"] == int(run_dir.name[-1])
         assert (run_dir / "metrics.json").is_file() and (run_dir / "history.jsonl").is_file()
+
+
+def test_each_runs_wandb_init_groups_it_by_sweep_and_model(swept: Path) -> None:
+    for run_dir in sorted(swept.glob("runs/toy-corr/*/*")):
+        cfg = resolve(config_file=run_dir / "config.yaml")
+        kwargs = init_kwargs(cfg, run_dir, run_dir.name, "cpu")
+        model = run_dir.parent.name
+        assert (kwargs["group"], kwargs["job_type"], kwargs["name"]) == ("smoke", model, run_dir.name)
+        assert kwargs["tags"] == ["fp32", "cpu", f"smoke/toy-{model}"]
 
 
 def test_a_second_invocation_runs_nothing_new(swept: Path) -> None:
