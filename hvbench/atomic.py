@@ -18,11 +18,21 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temp file beside `path` with the permissions a plain open() would give it: mkstemp
+    makes files owner-only, and a leaderboard or a report is meant to be read by others."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Call `write(file)` on a temp file beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -37,7 +47,7 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
 def write_new(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically; FileExistsError if `path` exists (never over it)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hvbench.atomic import write_json
+from hvbench.atomic import write_json, write_text
 from hvbench.checkpoint import checkpoints
 from hvbench.cli import main
 from hvbench.results import (
@@ -130,3 +130,13 @@ def test_a_gradient_norm_past_skip_threshold_skips_and_fails_the_run(
     assert "> train.skip_threshold" in line and "raise train.skip_threshold=1e-06" in line
     (run,) = (tmp_path / "runs" / "toy-corr" / "vae").iterdir()
     assert run_status(run) == "failed" and not checkpoints(run)
+
+
+def test_atomic_writes_get_the_permissions_a_plain_open_gives(tmp_path: Path) -> None:
+    """mkstemp makes owner-only files; a leaderboard or report is for others to read too."""
+    umask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "board.md", "x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "board.md").stat().st_mode & 0o777 == 0o644
