@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ from hvbench.progress import StepReporter
 from hvbench.signals import StopOnSignal
 
 MAX_CONSECUTIVE_SKIPS = 50
+# test-only: each training step burns this fraction of its own CPU time again, so the CI's
+# performance checks can be shown to fail on a slower step (tests/bench/test_perf_checks.py)
+TEST_SLOWDOWN = "HVBENCH_TEST_SLOWDOWN"
 
 
 class TrainingDiverged(RuntimeError):
@@ -140,6 +144,7 @@ def train(
     warmup = min(20, max(1, steps // 10))  # steps excluded from throughput, also after a resume
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     fp16 = accelerator.mixed_precision == "fp16"
+    slowdown = float(os.environ.get(TEST_SLOWDOWN) or 0)
 
     def save(step: int) -> None:
         if checkpointer is not None:
@@ -148,7 +153,7 @@ def train(
     with StepReporter(steps, accelerator.is_main_process) as reporter, StopOnSignal() as stop:
         for step in range(first, steps + 1):
             model.train()
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.thread_time()
             x = train_images[sampler.next()].to(accelerator.device, non_blocking=True)
             beta = beta_at(step, cfg)
             with accelerator.autocast():
@@ -165,6 +170,8 @@ def train(
             elif fp16:
                 accelerator.scaler.update()  # a skipped spike still closes the scaler's step
             optimizer.zero_grad(set_to_none=True)
+            if slowdown > 0:
+                _burn(slowdown * (time.thread_time() - cpu0))
             state.step = step
             state.skipped_steps += skipped
             state.overflow_steps += overflow
@@ -209,6 +216,13 @@ def train(
         images_per_s=state.timed_images / state.timed_seconds if state.timed_seconds else math.nan,
         overflow_steps=state.overflow_steps,
     )
+
+
+def _burn(seconds: float) -> None:
+    """Busy-wait `seconds` of this thread's CPU time (the HVBENCH_TEST_SLOWDOWN hook)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
 
 
 def _restore(checkpointer: Checkpointer | None, sampler: BatchSampler) -> TrainState:

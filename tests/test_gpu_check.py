@@ -1,0 +1,47 @@
+"""scripts/gpu_check.py, the one command for a lent GPU machine, exercised on its dry path
+(a CPU, a narrow copy of the model): the same accelerate launches, bench matrix and
+summary files, so that on the day a GPU is lent the script is known to run through.
+Also the launcher's thread share: `accelerate launch` writes OMP_NUM_THREADS=1 for its one
+process, and the runs must still use every core."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hvbench import cpu
+from tests.conftest import REPO
+
+
+def test_gpu_check_dry_path_writes_every_number(tmp_path: Path) -> None:
+    out = tmp_path / "gpu"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--dry", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dry"] is True and set(summary["runs"]) == {"bf16", "fp16"}
+    for run in summary["runs"].values():
+        assert run["images_per_s"] > 0 and run["peak_memory_mb"] > 0
+        assert run["gflop_per_image"] > 0 and run["fraction_of_measured_bf16_matmul"] > 0
+    bench = json.loads((out / "bench" / "bench.json").read_text())
+    assert {c["precision"] for c in bench["cells"]} == {"no", "bf16"}
+    assert "dry run on a CPU" in (out / "summary.md").read_text()
+    assert not (out / "celeba-shaped.npz").exists()  # data are never left in results/
+    for precision in ("bf16", "fp16"):
+        record = json.loads((out / "runs/runs/file/dagvae" / precision / "metrics.json").read_text())
+        assert record["run"]["precision"] == precision
+        assert record["run"]["device"].endswith(f", {cpu.cores()} threads)")
+
+
+def test_slurm_example_is_valid_bash() -> None:
+    script = REPO / "scripts" / "slurm-multinode.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
