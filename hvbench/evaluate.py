@@ -19,6 +19,7 @@ from torch import Tensor
 from hvbench import disentanglement
 from hvbench.config import EvalConfig
 from hvbench.device import synchronize
+from hvbench.latents import ModelOutput
 from hvbench.metric_table import key
 from hvbench.metrics import (
     Activity,
@@ -105,12 +106,47 @@ def gather_rows(accelerator: Accelerator, local: Tensor, n: int) -> Tensor:
     return accelerator.gather(local.contiguous())[:n]
 
 
-def _halves(values: list[Tensor], exact: bool) -> tuple[Tensor, Tensor]:
-    """Means of the first and second half of the draws (the one exact value twice)."""
-    if exact:
-        return values[0], values[0]
-    half = len(values) // 2
-    return torch.stack(values[:half]).mean(0), torch.stack(values[half:]).mean(0)
+class _BatchDraws:
+    """Running sums over one batch's posterior draws, so no draw's outputs are kept (S decoder
+    outputs of a CelebA batch would not fit in memory). Draw s < S/2 goes to half A, the
+    rest to half B; one exact pass counts for both halves."""
+
+    def __init__(self, passes: int, exact: bool):
+        self.passes, self.exact, self.seen = passes, exact, 0
+        self.sums: dict[str, Tensor] = {}
+        self.analytic: dict[str, bool] = {}
+
+    def _add(self, name: str, value: Tensor) -> None:
+        value = value.float()
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def add(self, out: ModelOutput) -> None:
+        half = "a" if self.exact or self.seen < self.passes // 2 else "b"
+        self._add("elbo", out.elbo)
+        self._add("log_px", out.log_px)
+        for g in out.kl_units:
+            self.analytic[g] = out.analytic[g]
+            mean = out.post_mean[g].float()
+            self._add(f"{g}:term", out.kl_units[g])
+            self._add(f"{g}:half_{half}", mean)
+            self._add(f"{g}:cond_{half}", mean - out.prior_mean[g].float())
+        self.seen += 1
+
+    def means(self) -> dict[str, Tensor]:
+        """Per-example means: whole draws for ELBO terms, each half for the posterior means."""
+        first = 1 if self.exact else self.passes // 2
+        out = {}
+        for name, total in self.sums.items():
+            if name.endswith((":half_a", ":cond_a")):
+                out[name] = total / first
+            elif name.endswith((":half_b", ":cond_b")):
+                out[name] = total / (self.passes - first)
+            else:
+                out[name] = total / self.passes
+        if self.exact:
+            for name in [n for n in out if n.endswith(("half_a", "cond_a"))]:
+                out[name[:-1] + "b"] = out[name]
+        return out
 
 
 @torch.no_grad()
@@ -130,8 +166,7 @@ def evaluate_split(
     images = task.splits[split]
     n = min(len(images), cfg.max_examples or len(images))
     index = shard(n, accelerator)
-    rows: dict[str, list[Tensor]] = {"elbo": [], "log_px": []}
-    groups: dict[str, dict[str, list[Tensor]]] = {}
+    rows: dict[str, list[Tensor]] = {}
     analytic: dict[str, bool] = {}
     timed_images, timed_seconds = 0, 0.0
     starts = range(0, len(index), cfg.batch_size)
@@ -139,38 +174,26 @@ def evaluate_split(
     for b, start in enumerate(starts):
         x = images[index[start : start + cfg.batch_size]].to(accelerator.device)
         t0 = time.perf_counter()
-        outs = []
+        batch = _BatchDraws(passes, exact)
         for _ in range(passes):
             with accelerator.autocast():
-                outs.append(model(x))
+                batch.add(model(x))
         if b >= warmup:
             synchronize(accelerator.device)
             timed_seconds += time.perf_counter() - t0
             timed_images += real_rows(n, accelerator, start, len(x))
-        rows["elbo"].append(torch.stack([o.elbo.float() for o in outs]).mean(0))
-        rows["log_px"].append(torch.stack([o.log_px.float() for o in outs]).mean(0))
-        for g in outs[0].kl_units:
-            analytic[g] = outs[0].analytic[g]
-            means = [o.post_mean[g].float() for o in outs]
-            conditional = [m - o.prior_mean[g].float() for m, o in zip(means, outs, strict=True)]
-            parts = dict(
-                zip(
-                    ("half_a", "half_b", "cond_a", "cond_b"),
-                    (*_halves(means, exact), *_halves(conditional, exact)),
-                    strict=True,
-                )
-            )
-            parts["term"] = torch.stack([o.kl_units[g].float() for o in outs]).mean(0)
-            for name, value in parts.items():
-                groups.setdefault(g, {}).setdefault(name, []).append(value)
+        analytic = batch.analytic
+        for name, value in batch.means().items():
+            rows.setdefault(name, []).append(value)
 
-    def gathered(local: list[Tensor]) -> Tensor:
-        return gather_rows(accelerator, torch.cat(local), n).cpu()
+    def gathered(name: str) -> Tensor:
+        return gather_rows(accelerator, torch.cat(rows[name]), n).cpu()
 
-    elbo, log_px = gathered(rows["elbo"]).double(), gathered(rows["log_px"]).double()
+    elbo, log_px = gathered("elbo").double(), gathered("log_px").double()
+    parts = ("term", "half_a", "half_b", "cond_a", "cond_b")
     draws = {
-        g: GroupDraws(analytic[g], **{k: gathered(v) for k, v in parts.items()})
-        for g, parts in groups.items()
+        g: GroupDraws(flag, **{p: gathered(f"{g}:{p}") for p in parts})
+        for g, flag in analytic.items()
     }
     activities = {g: d.activity(exact) for g, d in draws.items()}
     post_means = {g: d.post_mean for g, d in draws.items()}
