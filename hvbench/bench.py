@@ -275,12 +275,13 @@ def run_matrix(
 
 
 def _warm(cell: Cell, step: Stepper, warmup: int, device: torch.device) -> None:
-    """FLOPs of one step (torch's counter), then `warmup` untimed steps (a compiled model
-    compiles here)."""
+    """FLOPs of one step (torch's counter, on the eager model: compiling changes no FLOP),
+    then `warmup` untimed steps; a compiled model compiles in its first two."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    cell.gflop_per_image = count_flops(step) / cell.batch_size / 1e9
-    for _ in range(warmup):
+    with torch.compiler.set_stance("force_eager"):
+        cell.gflop_per_image = count_flops(step) / cell.batch_size / 1e9
+    for _ in range(max(warmup, 2) if cell.option == "compile" else warmup):
         step()
     synchronize(device)
 
