@@ -5,7 +5,8 @@ Machines sharing a host change speed from one minute to the next (the same code 
 faster one day than another here), so a model's GFLOP/s only means something as a
 fraction of rates taken in the same run. The conv probe uses the layers that dominate the
 paper architectures (64 channels, 3×3 and 5×5, at 14 and 28 px, forward and both
-backward convolutions); the matmul probe is one 1024² product.
+backward convolutions); the matmul probe is one 1024² product (8192² on a GPU, which a
+smaller one leaves mostly idle).
 """
 
 from __future__ import annotations
@@ -84,9 +85,10 @@ def machine_rates(
         shapes[f"{kernel}x{kernel}@{side}"] = rate
         total_flops += flops
         total_time += flops / rate
-    a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device, dtype=dtype)
-    b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device, dtype=dtype)
-    matmul = timed_rate(lambda: a @ b, 2 * MATMUL_SIZE**3, device, seconds)
+    size = MATMUL_SIZE if device.type == "cpu" else 8 * MATMUL_SIZE  # a GPU needs 8192² to fill
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    matmul = timed_rate(lambda: a @ b, 2 * size**3, device, seconds)
     return MachineRates(precision, total_flops / total_time, shapes, matmul)
 
 
