@@ -338,7 +338,7 @@ def markdown(record: dict[str, Any]) -> str:
         f"{machine['when']}.",
         "",
         f"Machine rates measured in the same run (conv: batch {settings['probe_batch']}, "
-        "64-channel 3×3/5×5 at 14/28 px, forward and backward; matmul: 1024²):",
+        "64-channel 3×3/5×5 at 14/28 px, forward and backward; matmul: 1024², 8192² on a GPU):",
         "",
         *[f"- {line}" for line in probe_lines(record)],
         "",
