@@ -69,13 +69,11 @@ def launcher_set_threads(env: dict[str, str], parent: dict[str, str] | None) -> 
     )
 
 
-def thread_share(env: dict[str, str] | None = None, parent: dict[str, str] | None = None) -> int:
-    """Threads this process should use: its share of the cores among the node's processes."""
-    import torch  # on use: `hvbench leaderboard` and friends never need it
-
-    env = dict(os.environ) if env is None else env
-    if not launcher_set_threads(env, _parent_environ() if parent is None else parent):
-        return torch.get_num_threads()
+def thread_share(env: dict[str, str], parent: dict[str, str] | None) -> int | None:
+    """This process's share of the cores among its node's processes, when the launcher (not
+    the user) chose its threads; None when they are the user's (or torch's own default)."""
+    if not launcher_set_threads(env, parent):
+        return None
     local_world = int(env.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, cores() // max(1, local_world))
 
@@ -92,12 +90,12 @@ def keep_freed_memory() -> bool:
     )
 
 
-def configure() -> int:
-    """Set this process's torch threads and allocator; return the thread count."""
-    import torch
-
+def configure() -> None:
+    """Set this process's allocator and, where a launcher chose them, its torch threads
+    (torch is imported only then: `hvbench leaderboard` and friends never need it)."""
     keep_freed_memory()
-    threads = thread_share()
-    if threads != torch.get_num_threads():
+    threads = thread_share(dict(os.environ), _parent_environ())
+    if threads is not None:
+        import torch
+
         torch.set_num_threads(threads)
-    return threads

@@ -118,5 +118,6 @@ def test_launcher_default_told_from_user_choice(
 
 
 def test_thread_share_divides_cores_among_local_processes() -> None:
-    share = cpu.thread_share(LAUNCHED, {"": "torchrun"})
-    assert share == max(1, cpu.cores() // 2)
+    assert cpu.thread_share(LAUNCHED, {"": "torchrun"}) == max(1, cpu.cores() // 2)
+    assert cpu.thread_share({**LAUNCHED, "LOCAL_WORLD_SIZE": "1"}, {"": "accelerate"}) == cpu.cores()
+    assert cpu.thread_share(LAUNCHED, {"OMP_NUM_THREADS": "1"}) is None  # the user's: kept
