@@ -16,7 +16,6 @@ optimiser step), with the loop's own speed options applied the same way.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +28,7 @@ from hvbench.atomic import write_atomic, write_json
 from hvbench.config import TrainConfig, build, read_yaml, section_overrides
 from hvbench.device import device_name, peak_memory_mb, synchronize
 from hvbench.errors import UserError
-from hvbench.probe import CONV_BATCH, DTYPES, count_flops, cpu_features, machine_rates
+from hvbench.probe import CLOCKS, CONV_BATCH, DTYPES, count_flops, cpu_features, machine_rates
 from hvbench.registry import MODELS
 from hvbench.task import Likelihood, TaskSpec
 from hvbench.train import with_speed_options
@@ -213,11 +212,16 @@ def run_matrix(
     device: torch.device | None = None,
     probe_seconds: float = 0.5,
     probe_batch: int = CONV_BATCH,
+    clock: str = "wall",
 ) -> BenchReport:
     """Time every cell for `steps` steps in each of `rounds` rounds (cells in reverse order
     on odd rounds, so a drifting machine biases no cell); every round opens with the probes
-    of each precision in the matrix."""
+    of each precision in the matrix. `clock="cpu"` times by the process's CPU time: rates per
+    core-second, which other processes on the machine barely move (use it with one thread)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if clock == "cpu" and device.type == "cuda":
+        raise UserError("--clock cpu times the host's work only; a GPU bench needs --clock wall")
+    timer = CLOCKS[clock]
     bad = [o for o in options if o not in OPTIONS]
     if bad:
         raise UserError(f"unknown bench option {bad[0]!r}; choose from: {', '.join(OPTIONS)}")
@@ -239,17 +243,17 @@ def run_matrix(
     probes: dict[str, list] = {p: [] for p in dict.fromkeys(["no", *precisions])}
     for r in range(rounds):
         for precision, found in probes.items():
-            found.append(machine_rates(precision, device, probe_seconds, probe_batch))
+            found.append(machine_rates(precision, device, probe_seconds, probe_batch, timer))
         order = list(zip(cells, steppers, strict=True))
         for cell, step in order if r % 2 == 0 else reversed(order):
             if r == 0:
                 _warm(cell, step, warmup, device)
             times = []
             for _ in range(steps):
-                start = time.perf_counter()
+                start = timer()
                 step()
                 synchronize(device)
-                times.append(time.perf_counter() - start)
+                times.append(timer() - start)
             cell.step_ms += [1000 * t for t in times]
             cell.round_images_per_s.append(cell.batch_size * steps / sum(times))
             if device.type == "cuda" and r == 0:
@@ -268,6 +272,7 @@ def run_matrix(
             "warmup": warmup,
             "rounds": rounds,
             "probe_batch": probe_batch,
+            "clock": clock,
         },
         probes={p: _summary(found) for p, found in probes.items()},
         cells=cells,
@@ -296,6 +301,7 @@ def _summary(rates: list) -> dict[str, Any]:
 
 
 PRECISION_NAMES = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+CLOCK_NAMES = {"wall": "wall-clock time", "cpu": "process CPU time: rates per core-second"}
 COLUMNS = (
     ("model", lambda c: c["model"] + (f" ({Path(c['config']).stem})" if c["config"] else "")),
     ("prec", lambda c: PRECISION_NAMES[c["precision"]]),
@@ -332,7 +338,7 @@ def markdown(record: dict[str, Any]) -> str:
     features = ", ".join(k for k, v in machine["cpu_features"].items() if v) or "none"
     head = [
         f"# hvbench bench ({settings['mode']}, {settings['rounds']} interleaved rounds of "
-        f"{settings['steps']} steps)",
+        f"{settings['steps']} steps, {CLOCK_NAMES[settings['clock']]})",
         "",
         f"{machine['device']}, torch {machine['torch']}, CPU features: {features}; "
         f"{machine['when']}.",

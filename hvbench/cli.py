@@ -164,6 +164,7 @@ def _bench(args: argparse.Namespace) -> None:
         device=torch.device(args.device) if args.device else None,
         probe_seconds=args.probe_seconds,
         probe_batch=args.probe_batch,
+        clock=args.clock,
     )
     record = report.as_dict()
     console = Console(width=None if sys.stdout.isatty() else 160)  # a log keeps every column
@@ -320,6 +321,13 @@ def parser() -> argparse.ArgumentParser:
         "--probe-batch", type=int, default=64, help="batch of the conv probe (default 64)"
     )
     bench.add_argument("--eval", action="store_true", help="time forward passes without gradients")
+    bench.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: time by the process's CPU time (with --threads 1, a busy machine's other "
+        "processes barely move it)",
+    )
     bench.add_argument("--threads", type=int, help="torch CPU threads")
     bench.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     bench.add_argument(

@@ -33,17 +33,26 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def timed_rate(fn: Callable[[], object], flops: int, device: torch.device, seconds: float) -> float:
-    """GFLOP/s of `fn` (costing `flops` per call): one untimed call, then as many calls as
-    fit in `seconds` (at least one)."""
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timed_rate(
+    fn: Callable[[], object],
+    flops: int,
+    device: torch.device,
+    seconds: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """GFLOP/s of `fn` (costing `flops` per call) by `clock`: one untimed call, then as many
+    calls as fit in `seconds` (at least one)."""
     fn()
     synchronize(device)
-    calls, start = 0, time.perf_counter()
-    while calls < 1 or time.perf_counter() - start < seconds:
+    calls, start = 0, clock()
+    while calls < 1 or clock() - start < seconds:
         fn()
         calls += 1
     synchronize(device)
-    return flops * calls / (time.perf_counter() - start) / 1e9
+    return flops * calls / (clock() - start) / 1e9
 
 
 def conv_step(
@@ -72,23 +81,28 @@ class MachineRates:
 
 
 def machine_rates(
-    precision: str, device: torch.device, seconds: float = 0.5, batch: int = CONV_BATCH
+    precision: str,
+    device: torch.device,
+    seconds: float = 0.5,
+    batch: int = CONV_BATCH,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> MachineRates:
-    """The conv and matmul probes in `precision`'s dtype ("no" is fp32), `seconds` each shape;
-    a smaller conv `batch` only to keep tests quick (small batches use a machine less well)."""
+    """The conv and matmul probes in `precision`'s dtype ("no" is fp32), `seconds` each shape
+    by `clock`; a smaller conv `batch` only to keep tests quick (small batches use a machine
+    less well)."""
     dtype = DTYPES[precision]
     shapes, total_flops, total_time = {}, 0, 0.0
     for kernel, side in CONV_SHAPES:
         step = conv_step(kernel, side, dtype, device, batch)
         flops = count_flops(conv_step(kernel, side, dtype, torch.device("meta"), batch))
-        rate = timed_rate(step, flops, device, seconds)
+        rate = timed_rate(step, flops, device, seconds, clock)
         shapes[f"{kernel}x{kernel}@{side}"] = rate
         total_flops += flops
         total_time += flops / rate
     size = MATMUL_SIZE if device.type == "cpu" else 8 * MATMUL_SIZE  # a GPU needs 8192² to fill
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    matmul = timed_rate(lambda: a @ b, 2 * size**3, device, seconds)
+    matmul = timed_rate(lambda: a @ b, 2 * size**3, device, seconds, clock)
     return MachineRates(precision, total_flops / total_time, shapes, matmul)
 
 

@@ -4,6 +4,7 @@ and the fractions of them, and the files it writes only when asked."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,17 @@ from hvbench.bench import bench_models, markdown, run_matrix, write
 from hvbench.cli import main
 from hvbench.errors import UserError
 from hvbench.probe import CONV_BATCH, CONV_CHANNELS, conv_step, count_flops, machine_rates
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """What is checked here is what gets measured, not how fast: one thread spares a busy
+    machine two OpenMP threads waiting on each other (tests/task_runs.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 TINY = {"steps": 1, "warmup": 0, "rounds": 2, "probe_seconds": 0.01, "probe_batch": 2}
 
@@ -54,6 +66,13 @@ def test_matrix_times_every_cell_against_rates_of_the_same_run(tmp_path: Path) -
     assert json.loads(json_path.read_text()) == json.loads(json.dumps(record))
     text = md_path.read_text()
     assert text == markdown(record) and text.count("| vae |") == 8
+
+
+def test_cpu_clock_times_process_cpu_time() -> None:
+    models = bench_models(["vae"], [], ["model.latent_dim=2"], "1,16,16", "bernoulli")
+    record = run_matrix(models, ["no"], [2], ["plain"], clock="cpu", **TINY).as_dict()
+    assert record["settings"]["clock"] == "cpu" and "CPU time" in markdown(record)
+    assert record["cells"][0]["images_per_s"] > 0 and record["probes"]["no"]["conv"] > 0
 
 
 def test_bad_matrix_option_is_refused() -> None:
