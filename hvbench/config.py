@@ -61,7 +61,7 @@ class EvalConfig:
     max_examples: int | None = None  # cap per split, for smoke runs
     iwae_k: int = 1000  # importance samples for the IWAE bound; 0 disables
     iwae_examples: int | None = None  # cap on examples for IWAE (it costs k forward passes)
-    au_samples: int = 10  # ancestral samples estimating E_q[z] of hierarchical models
+    au_samples: int = 32  # ancestral draws estimating E_q[z|x] of hierarchies, split in two halves
     au_threshold: float = 0.01
     kl_collapse_threshold: float = 0.01
     throughput_warmup: int = 2  # batches excluded from the images/s measurement
