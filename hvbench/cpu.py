@@ -15,7 +15,8 @@ kernel (large blocks are mmapped, the heap top is trimmed) and faults fresh
 zeroed pages in on the next step: 14,000-22,000 page faults per step of the
 Burgess conv VAE at batch 64, a fifth to a quarter of its CPU time in the kernel,
 and how many depends on what the process allocated before (a dataset load
-changes the counts, which made `hvbench bench` slower than the training loop).
+changes the counts: the likeliest reason `hvbench bench`, a fresh process, timed a
+model slower than the training loop did).
 Fixed thresholds keep a step's memory mapped for the next one (no faults).
 """
 
