@@ -36,7 +36,7 @@ SECTIONS = {
     },
 }
 EXAMPLES = 1000
-SEEDS = 3
+SEEDS = 2
 
 
 @torch.no_grad()
