@@ -196,11 +196,12 @@ def evaluate_split(
         for g, flag in analytic.items()
     }
     activities = {g: d.activity(exact) for g, d in draws.items()}
+    conditionals = {g: d.conditional(exact) for g, d in draws.items()}
     post_means = {g: d.post_mean for g, d in draws.items()}
 
     notes: dict[str, str] = {}
     metrics = _likelihood_metrics(split, elbo, log_px, task)
-    metrics.update(_collapse_metrics(split, draws, activities, exact, cfg, notes))
+    metrics.update(_collapse_metrics(split, draws, activities, conditionals, cfg, notes))
     scores, factor_unit = _disentanglement_metrics(
         split, task, post_means, activities, cfg.au_threshold, n, notes
     )
@@ -210,7 +211,7 @@ def evaluate_split(
     )
     if cfg.iwae_k > 0:
         metrics.update(_iwae_metrics(model, task, split, accelerator, cfg, elbo))
-    units = {g: _unit_record(d, activities[g], d.conditional(exact)) for g, d in draws.items()}
+    units = {g: _unit_record(d, activities[g], conditionals[g]) for g, d in draws.items()}
     described = estimators(cfg, passes, exact)
     return SplitEvaluation(metrics, units, post_means, notes, described, factor_unit)
 
@@ -288,7 +289,7 @@ def _collapse_metrics(
     split: str,
     draws: dict[str, GroupDraws],
     activities: dict[str, Activity],
-    exact: bool,
+    conditionals: dict[str, Activity],
     cfg: EvalConfig,
     notes: dict[str, str],
 ) -> dict[str, float]:
@@ -298,7 +299,7 @@ def _collapse_metrics(
     stats = {
         g: group_collapse(
             activities[g],
-            d.conditional(exact),
+            conditionals[g],
             d.term.double().mean(0),
             d.analytic,
             cfg.au_threshold,
