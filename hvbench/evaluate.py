@@ -114,11 +114,13 @@ class _BatchDraws:
     def __init__(self, passes: int, exact: bool):
         self.passes, self.exact, self.seen = passes, exact, 0
         self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
         self.analytic: dict[str, bool] = {}
 
     def _add(self, name: str, value: Tensor) -> None:
         value = value.float()
         self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.counts[name] = self.counts.get(name, 0) + 1
 
     def add(self, out: ModelOutput) -> None:
         half = "a" if self.exact or self.seen < self.passes // 2 else "b"
@@ -133,19 +135,10 @@ class _BatchDraws:
         self.seen += 1
 
     def means(self) -> dict[str, Tensor]:
-        """Per-example means: whole draws for ELBO terms, each half for the posterior means."""
-        first = 1 if self.exact else self.passes // 2
-        out = {}
-        for name, total in self.sums.items():
-            if name.endswith((":half_a", ":cond_a")):
-                out[name] = total / first
-            elif name.endswith((":half_b", ":cond_b")):
-                out[name] = total / (self.passes - first)
-            else:
-                out[name] = total / self.passes
-        if self.exact:
-            for name in [n for n in out if n.endswith(("half_a", "cond_a"))]:
-                out[name[:-1] + "b"] = out[name]
+        """Per-example means of every sum over the draws it received."""
+        out = {name: total / self.counts[name] for name, total in self.sums.items()}
+        if self.exact:  # the one exact pass is both halves
+            out |= {name[:-1] + "b": v for name, v in out.items() if name.endswith("_a")}
         return out
 
 
