@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -144,11 +145,35 @@ def config_name(path: Path | None) -> str:
         return Path(path).stem
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML with only `true`/`false` as booleans (YAML 1.2's core schema).
+
+    PyYAML follows YAML 1.1, where `no`, `off`, `yes` and `on` are booleans too: the
+    precision choice `no` would arrive as False and be refused, in a file and in `--set`.
+    """
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse config YAML (files, `--set` values, saved configs) with 1.2 booleans."""
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: builds plain data only
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        data = load_yaml(path.read_bytes().decode("utf-8")) or {}
     except UnicodeDecodeError:
         raise UserError(f"config file {path} is not UTF-8 text (a YAML file is)") from None
     except OSError as err:
@@ -167,7 +192,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"--set expects KEY.PATH=VALUE, got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = load_yaml(raw) if raw else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from hvbench.config import configs_dir, read_yaml, resolve
+from hvbench.config import configs_dir, load_yaml, read_yaml, resolve
 from hvbench.errors import UserError
 from hvbench.registry import MODELS, TASKS
 from hvbench.results import run_status
@@ -255,7 +255,7 @@ def _overrides(mapping: Any, where: str) -> list[str]:
 
 
 def _scalar(value: Any) -> str:
-    if isinstance(value, str) and yaml.safe_load(value or "''") == value:
+    if isinstance(value, str) and load_yaml(value or "''") == value:
         return value
     return json.dumps(value)  # JSON is YAML: lists, numbers, booleans, null, quoted strings
 
@@ -276,7 +276,7 @@ def _check_unchanged(run_dir: Path, wanted: dict[str, Any]) -> None:
     if not saved_path.is_file():
         return
     try:
-        saved = yaml.safe_load(saved_path.read_text()) or {}
+        saved = load_yaml(saved_path.read_text()) or {}
     except yaml.YAMLError:
         return  # unreadable: the run itself will say so when resumed
     differences = _differences(saved, wanted)

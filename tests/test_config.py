@@ -55,6 +55,15 @@ def test_config_file_and_names_inside_it(tmp_path: Path) -> None:
     )
 
 
+def test_precision_no_is_a_word_in_files_and_overrides(tmp_path: Path) -> None:
+    """YAML 1.1 reads `no` as False; the precision choice must arrive as the word."""
+    assert resolve("toy-corr", "vae", overrides=["train.precision=no"]).train.precision == "no"
+    path = tmp_path / "run.yaml"
+    path.write_text("task: {name: toy-corr}\nmodel: {name: vae}\ntrain: {precision: no}\n")
+    assert resolve(config_file=path).train.precision == "no"
+    assert parse_override("train.compile=false") == (["train", "compile"], False)
+
+
 @pytest.mark.parametrize(
     ("override", "fragment"),
     [
@@ -65,6 +74,7 @@ def test_config_file_and_names_inside_it(tmp_path: Path) -> None:
         ("train.steps=1.5", "expects int"),
         ("train.precision=fp8", "choose from: no, bf16, fp16"),
         ("train.seed=true", "expects int"),
+        ("train.compile=yes", "config key 'train.compile' expects bool, got 'yes'"),
         ("train", "--set expects KEY.PATH=VALUE"),
     ],
 )
@@ -128,6 +138,15 @@ def test_every_numeric_key_of_the_shared_sections_has_a_range() -> None:
             kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
             if int in kinds or float in kinds:
                 assert f"{section}.{f.name}" in RANGES, f"{section}.{f.name} has no range"
+
+
+def test_precision_no_is_a_word_in_files_and_overrides(tmp_path: Path) -> None:
+    """YAML 1.1 reads `no` as False; the precision choice must arrive as the word."""
+    assert resolve("toy-corr", "vae", overrides=["train.precision=no"]).train.precision == "no"
+    path = tmp_path / "run.yaml"
+    path.write_text("task: {name: toy-corr}\nmodel: {name: vae}\ntrain: {precision: no}\n")
+    assert resolve(config_file=path).train.precision == "no"
+    assert parse_override("train.compile=false") == (["train", "compile"], False)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,63 @@
+"""scripts/side_by_side.py, the script behind results/side-by-side.md, run through on
+seconds-long nets with a stand-in for the official timer: each round's ratios must be
+hvbench's own bench numbers over the timer's, and the conv-rate percentage the bf16 cell's
+GFLOP/s over the bf16 probe of the same round."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONFIGS, REPO
+
+OFFICIAL_IMAGES_PER_S = 7.0
+
+
+def test_side_by_side_ratios_are_taken_within_each_round(tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for model, smoke in (("vae", "stacked-vae"), ("lvae", "lvae"), ("biva", "biva")):
+        shutil.copy(CONFIGS / "smoke" / f"toy-{smoke}.yaml", configs / f"{model}.yaml")
+    timer = tmp_path / "timer.py"
+    timer.write_text(
+        "import json, sys\n"
+        f"print(json.dumps({{'peer': sys.argv[1], 'images_per_sec': {OFFICIAL_IMAGES_PER_S}}}))\n"
+    )
+    out = tmp_path / "out"
+    command = [sys.executable, str(REPO / "scripts" / "side_by_side.py")]
+    command += ["--official", f"{sys.executable} {timer} biva_{{model}}", "--label", "stand-in"]
+    command += ["--configs", str(configs), "--shape", "1,32,32", "--batch", "4", "--steps", "1"]
+    command += [
+        "--official-steps",
+        "1",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--probe-seconds",
+        "0.05",
+        "--probe-batch",
+        "4",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    record = json.loads((out / "side-by-side.json").read_text())
+    assert record["official"] == "stand-in" and record["rounds"] == 2
+    for model in ("vae", "lvae", "biva"):
+        for cell in record["table"][model]["rounds"]:
+            assert cell["official_fp32"] == OFFICIAL_IMAGES_PER_S
+            assert cell["fp32"] > 0 and cell["bf16"] > 0
+            assert cell["fp32_ratio"] == pytest.approx(cell["fp32"] / OFFICIAL_IMAGES_PER_S)
+            assert cell["bf16_ratio"] == pytest.approx(cell["bf16"] / OFFICIAL_IMAGES_PER_S)
+            share = cell["bf16_gflop_per_s"] / cell["bf16_conv_rate"]
+            assert cell["bf16_of_conv_rate"] == pytest.approx(share)
+    table = (out / "side-by-side.md").read_text()
+    assert all(f"| {model} | 7.0 |" in table for model in ("vae", "lvae", "biva"))
