@@ -58,6 +58,7 @@ from hvbench.results import (
     write_new_metrics,
     write_status,
 )
+from hvbench.signals import Terminated, terminate_raises
 from hvbench.task import TaskData
 from hvbench.tracking import Tracker
 from hvbench.train import (
@@ -155,7 +156,7 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
         found = checkpoints(run_dir)
         return found[-1][0] if found else 0
 
-    with hold_run(run_dir) if main else contextlib.nullcontext():
+    with terminate_raises(), hold_run(run_dir) if main else contextlib.nullcontext():
         accelerator.wait_for_everyone()
         checkpointer = Checkpointer(
             accelerator,
@@ -228,9 +229,11 @@ def _mark_stopped(
     if isinstance(err, Interrupted):
         status("interrupted", err.step, f"{signal.Signals(err.signum).name} at step {err.step}")
         return RunInterrupted(run_dir, err.step, err.signum)
-    if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C, or one outside the training loop
-        status("interrupted", step, f"SIGINT after the checkpoint of step {step}")
-        return RunInterrupted(run_dir, step, signal.SIGINT)
+    if isinstance(err, (KeyboardInterrupt, Terminated)):  # outside the loop, or a second Ctrl-C
+        signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
+        name = signal.Signals(signum).name
+        status("interrupted", step, f"{name} after the checkpoint of step {step}")
+        return RunInterrupted(run_dir, step, signum)
     if isinstance(err, TrainingDiverged):
         status("failed", step, str(err))
         return RunFailed(str(err), run_dir)

@@ -199,3 +199,37 @@ def test_eval_rescores_a_finished_run_without_retraining(reference: Path) -> Non
 
 def measured(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record["metrics"].items() if not k.startswith("perf/")}
+
+
+def test_sigterm_during_evaluation_marks_interrupted_and_resumes_identically(
+    tmp_path: Path,
+) -> None:
+    """A scheduler's SIGTERM after training (the final checkpoint is whole, evaluation is
+    running) is recorded, not left as `running`; the resume evaluates from the final checkpoint
+    and gives the uninterrupted run's numbers. A larger IWAE makes the evaluation last seconds,
+    so the signal lands inside it."""
+    longer = ["--set", "eval.iwae_k=500"]
+    in_process(*run_args("whole"), *longer, "--set", f"output.root={tmp_path / 'results'}")
+    whole = tmp_path / "results" / "runs" / "toy-corr" / "vae" / "whole"
+    run_dir = tmp_path / "results" / "runs" / "toy-corr" / "vae" / "term"
+    proc = subprocess.Popen(
+        hvbench(1, *run_args("term"), *longer),
+        cwd=tmp_path,
+        env={**os.environ, **ONE_THREAD},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while proc.poll() is None and not (run_dir / "model.safetensors").is_file():
+        time.sleep(0.001)  # written after training, before evaluation
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.strip().splitlines()[-1].startswith("hvbench: interrupted after step 40")
+    stopped = status(run_dir)
+    assert stopped["status"] == "interrupted", stopped
+    assert stopped["reason"] == "SIGTERM after the checkpoint of step 40"
+    assert not (run_dir / "metrics.json").exists()
+    in_process("run", "--resume", str(run_dir))
+    assert status(run_dir)["status"] == "finished"
+    assert outcome(run_dir) == outcome(whole)
