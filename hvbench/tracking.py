@@ -10,6 +10,10 @@ In W&B a run is grouped as its users compare runs: `group` = the sweep (or the
 task), `job_type` = the model, tags for precision, device kind and config name.
 Every curve shares one step axis (`step`, declared with `define_metric`), and
 the summary holds the final test metrics under the same names as metrics.json.
+
+A resumed run continues its W&B run: the W&B id is drawn once, kept in the run
+folder (`wandb-id`), and handed back with `resume="allow"`; offline, each resume
+is another folder of the same id, which `wandb sync` uploads in order as one run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import json
 import math
 import netrc
 import os
+import re
+import secrets
+import string
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,11 +32,14 @@ from typing import Any
 import torch
 import wandb
 
+from hvbench.atomic import write_text
 from hvbench.config import PRECISION_NAMES, RunConfig
 
 INIT_TIMEOUT_S = 30
 STEP = "step"  # the x axis every logged curve shares
 HISTORY = "history.jsonl"
+WANDB_ID = "wandb-id"  # the run's W&B id, so a resume logs into the same W&B run
+_WANDB_ID_CHARS = re.compile(r"[a-z0-9_-]{1,64}")
 MAX_TAG = 64  # W&B refuses longer tags
 
 
@@ -62,6 +72,22 @@ def group_name(cfg: RunConfig) -> str:
     return cfg.wandb.group or cfg.output.sweep or cfg.task_name
 
 
+def wandb_id(run_dir: Path) -> str:
+    """The run's W&B id: the one its first start drew, else a new one, kept for resumes.
+
+    Not derived from the run id: sweep run ids repeat across tasks and models in one project,
+    and W&B ids allow fewer characters than run folders do.
+    """
+    path = Path(run_dir) / WANDB_ID
+    if path.is_file():
+        stored = path.read_text().strip()
+        if _WANDB_ID_CHARS.fullmatch(stored):
+            return stored
+    new = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    write_text(path, new + "\n")
+    return new
+
+
 def init_kwargs(cfg: RunConfig, run_dir: Path, run_id: str, device: str) -> dict[str, Any]:
     """The arguments of `wandb.init` for one run (tested offline; nothing here needs a network)."""
     tags = [PRECISION_NAMES[cfg.train.precision], device, cfg.output.config_name or "defaults"]
@@ -71,6 +97,8 @@ def init_kwargs(cfg: RunConfig, run_dir: Path, run_id: str, device: str) -> dict
         "entity": cfg.wandb.entity,
         "dir": str(run_dir),
         "name": run_id,
+        "id": wandb_id(run_dir),
+        "resume": "allow",
         "group": group_name(cfg),
         "job_type": cfg.model_name,
         "tags": list(dict.fromkeys(tag[:MAX_TAG] for tag in tags)),
