@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt
 from hvbench import published
 from hvbench.atomic import write_text
 from hvbench.leaderboard import SEED_COLUMNS, cells, load_runs, rows, seed_rows
+from hvbench.results import figures_dir, metrics_versions
 from hvbench.tracking import read_history
 
 CURVES = (("val/elbo_nats", "validation ELBO (nats)"), ("train/elbo_nats", "training ELBO (nats)"))
@@ -91,7 +92,7 @@ def _task_section(
             out.append(_figure(bars, f"{title}: mean ± std over seeds"))
     for label, members in models:
         first = min(members, key=lambda r: str(r["run"].get("seed")))
-        folder = _run_dir(root, first) / "figures"
+        folder = figures_dir(metrics_versions(_run_dir(root, first))[-1])
         split = first["run"]["eval_splits"][-1]
         out.append(f"<h3>{html.escape(label)}</h3>")
         for name, caption in (

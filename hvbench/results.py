@@ -274,6 +274,14 @@ def write_new_metrics(run_dir: Path, record: dict[str, Any]) -> Path:
             continue
 
 
+def figures_dir(metrics_path: Path) -> Path:
+    """The figures drawn with one metrics version: `figures/` beside metrics.json,
+    `figures.vN/` beside metrics.vN.json, so a re-evaluation never draws over the run's own."""
+    metrics_path = Path(metrics_path)
+    version = _version(metrics_path)
+    return metrics_path.parent / ("figures" if version == 1 else f"figures.v{version}")
+
+
 def _version(path: Path) -> int:
     match = _VERSION.fullmatch(path.name)
     return int(match.group(1)) if match else 1

@@ -47,6 +47,7 @@ from hvbench.results import (
     RunInterrupted,
     check_writable_root,
     create_run_dir,
+    figures_dir,
     hold_run,
     load_metrics,
     metrics_versions,
@@ -191,7 +192,12 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
             )
             if main:
                 figure_paths = _safe_figures(
-                    accelerator.unwrap_model(model), task, evaluations, result.history, run_dir, cfg
+                    accelerator.unwrap_model(model),
+                    task,
+                    evaluations,
+                    result.history,
+                    figures_dir(run_dir / METRICS_FILE),
+                    cfg,
                 )
                 record = _record(
                     cfg, task, accelerator, evaluations, metrics, run_id, result.steps, started
@@ -337,6 +343,9 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> Path:
             path = write_new_metrics(run_dir, record)
         except OSError as err:
             raise UserError(f"cannot add a metrics version to {run_dir}: {err.strerror}") from None
+        # redrawn from the new evaluation into figures.vN; training did not change: no curves
+        unwrapped = accelerator.unwrap_model(model)
+        _safe_figures(unwrapped, task, evaluations, [], figures_dir(path), cfg)
     path = Path(broadcast_object_list([str(path)])[0])
     accelerator.wait_for_everyone()
     accelerator.print(f"re-evaluated {run_dir}: {path.name}")
@@ -472,15 +481,15 @@ def _safe_figures(
     task: TaskData,
     evaluations: dict[str, SplitEvaluation],
     history: list[dict[str, float]],
-    run_dir: Path,
+    folder: Path,
     cfg: RunConfig,
 ) -> dict[str, Path]:
-    """The figures, unless off; a model whose outputs are not finite (the metrics say so) gets
+    """The figures (training curves only when `history` is given), unless off; a model whose outputs are not finite (the metrics say so) gets
     a warning instead of figures, never a traceback after its numbers are known."""
     if not cfg.output.figures:
         return {}
     try:
-        return _figures(model, task, evaluations, history, run_dir, cfg)
+        return _figures(model, task, evaluations, history, folder, cfg)
     except ValueError as err:  # matplotlib refuses NaN/inf ranges
         print(f"hvbench: warning: figures not drawn: {err}", file=sys.stderr)
         return {}
@@ -492,11 +501,10 @@ def _figures(
     task: TaskData,
     evaluations: dict[str, SplitEvaluation],
     history: list[dict[str, float]],
-    run_dir: Path,
+    folder: Path,
     cfg: RunConfig,
 ) -> dict[str, Path]:
     split = task.eval_splits[-1]
-    folder = run_dir / "figures"
     device = next(model.parameters()).device
     x = task.splits[split][:32].to(device)
     model.eval()

@@ -233,3 +233,16 @@ def test_sigterm_during_evaluation_marks_interrupted_and_resumes_identically(
     in_process("run", "--resume", str(run_dir))
     assert status(run_dir)["status"] == "finished"
     assert outcome(run_dir) == outcome(whole)
+
+
+def test_eval_redraws_the_evaluation_figures_beside_the_runs_own(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    in_process("run", "--config", SMOKE, "--set", f"output.root={root}", "--set", "output.run_id=f")
+    run_dir = root / "runs" / "toy-corr" / "vae" / "f"
+    own = {p.name: p.read_bytes() for p in (run_dir / "figures").iterdir()}
+    assert "training_curves.png" in own and "kl_per_unit.png" in own
+    in_process("eval", str(run_dir), "--set", "eval.au_samples=4")
+    redrawn = {p.name for p in (run_dir / "figures.v2").iterdir()}
+    # what the evaluation draws, again; training did not change, so no curves
+    assert redrawn == set(own) - {"training_curves.png"}
+    assert {p.name: p.read_bytes() for p in (run_dir / "figures").iterdir()} == own
