@@ -140,15 +140,6 @@ def test_every_numeric_key_of_the_shared_sections_has_a_range() -> None:
                 assert f"{section}.{f.name}" in RANGES, f"{section}.{f.name} has no range"
 
 
-def test_precision_no_is_a_word_in_files_and_overrides(tmp_path: Path) -> None:
-    """YAML 1.1 reads `no` as False; the precision choice must arrive as the word."""
-    assert resolve("toy-corr", "vae", overrides=["train.precision=no"]).train.precision == "no"
-    path = tmp_path / "run.yaml"
-    path.write_text("task: {name: toy-corr}\nmodel: {name: vae}\ntrain: {precision: no}\n")
-    assert resolve(config_file=path).train.precision == "no"
-    assert parse_override("train.compile=false") == (["train", "compile"], False)
-
-
 @pytest.mark.parametrize(
     ("override", "fragment"),
     [
