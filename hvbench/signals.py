@@ -33,8 +33,10 @@ class StopOnSignal:
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt
+        if self.received is not None:  # the second signal: stop now, saying which one
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise Terminated(signum)
         self.received = signum
 
     def __exit__(
