@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from hvbench.blocks import Dropout
 from hvbench.config import TrainConfig, resolve
-from hvbench.run import execute
+from hvbench.evaluate import evaluate_split
+from hvbench.run import build_model, execute, load_task
 from hvbench.train import with_speed_options
 from tests.conftest import CONFIGS
 
@@ -53,6 +55,33 @@ def test_bf16_and_channels_last_runs_keep_the_fp32_elbo(
     fp32 = smoke_elbo(tmp_path)
     assert smoke_elbo(tmp_path, "train.precision=bf16") == pytest.approx(fp32, rel=0.01)
     assert smoke_elbo(tmp_path, "train.channels_last=true") == pytest.approx(fp32, rel=1e-5)
+
+
+def test_the_final_evaluation_is_fp32_whatever_the_training_precision(
+    fresh_accelerator: None,
+) -> None:
+    """The same weights score the same numbers under a bf16 Accelerator as under fp32, though
+    the bf16-prepared model's own forward (what training runs) gives another ELBO."""
+    cfg = resolve(config_file=CONFIGS / "smoke" / "toy-lvae.yaml")
+    task = load_task(cfg)
+    x = task.splits["test"][:64]
+
+    def scored(precision: str) -> tuple[dict[str, float], torch.Tensor]:
+        AcceleratorState._reset_state(True)
+        accelerator = Accelerator(mixed_precision=precision)
+        torch.manual_seed(0)
+        model = accelerator.prepare(build_model(cfg, task))
+        torch.manual_seed(1)
+        with torch.no_grad():
+            forward = model.eval()(x).elbo  # before evaluation strips the autocast wrapper
+        torch.manual_seed(2)
+        metrics = evaluate_split(model, task, "test", accelerator, cfg.eval).metrics
+        return {k: v for k, v in metrics.items() if "images_per_s" not in k}, forward
+
+    bf16, bf16_forward = scored("bf16")
+    fp32, fp32_forward = scored("no")
+    assert not torch.equal(bf16_forward, fp32_forward)
+    assert bf16 == fp32
 
 
 def test_speed_options_keep_parameter_names() -> None:
