@@ -142,7 +142,6 @@ class _BatchDraws:
         return out
 
 
-@torch.no_grad()
 def full_precision(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
     """The model as the final evaluation runs it: out of DDP and without Accelerate's autocast
     around forward, so every reported number is computed in fp32 whatever the training
@@ -153,6 +152,7 @@ def full_precision(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn
     return accelerator.unwrap_model(model, keep_fp32_wrapper=False)
 
 
+@torch.no_grad()
 def evaluate_split(
     model: torch.nn.Module, task: TaskData, split: str, accelerator: Accelerator, cfg: EvalConfig
 ) -> SplitEvaluation:

@@ -75,7 +75,11 @@ def test_the_final_evaluation_is_fp32_whatever_the_training_precision(
         with torch.no_grad():
             forward = model.eval()(x).elbo  # before evaluation strips the autocast wrapper
         torch.manual_seed(2)
+        grad_modes: list[bool] = []
+        hook = model.register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
         metrics = evaluate_split(model, task, "test", accelerator, cfg.eval).metrics
+        hook.remove()
+        assert grad_modes and not any(grad_modes)  # no autograd graph: 32 draws would not fit
         return {k: v for k, v in metrics.items() if "images_per_s" not in k}, forward
 
     bf16, bf16_forward = scored("bf16")
