@@ -38,6 +38,7 @@ from hvbench.blocks import (
     ACTIVATIONS,
     Activation,
     ConvStack,
+    LatentMLP,
     LatentParams,
     LatentToFeatures,
     Shape,
@@ -120,7 +121,8 @@ def concept_nodes(cfg: DAGVAEConfig, spec: TaskSpec) -> list[ConceptNode]:
 
 
 def _mlp(in_features: int, hidden: int, out_features: int, activation: Activation) -> nn.Module:
-    return nn.Sequential(
+    """A conceptual head or conditional prior: in fp32 under autocast (blocks.LatentMLP)."""
+    return LatentMLP(
         nn.Linear(in_features, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, out_features)
     )
 
