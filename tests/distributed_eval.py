@@ -62,6 +62,7 @@ def main(out: Path) -> None:
         results[name] = record
     if accelerator.is_main_process:
         out.write_text(json.dumps(results))
+    accelerator.wait_for_everyone()  # no rank tears gloo down while another still talks
     accelerator.end_training()
 
 
