@@ -398,17 +398,17 @@ def _iwae_metrics(
 ) -> dict[str, float]:
     """log (1/k) Σ_j p(x, z_j)/q(z_j|x) per example on the split's first `iwae_examples`, with
     the ELBO of exactly those examples beside it (`elbo` holds the split's per-example ELBOs).
+    `model` is evaluate_split's: already unwrapped and in fp32 (`full_precision`).
 
     `log_weights` keeps memory flat in k itself (latents.importance_log_weights).
     """
     images = task.splits[split]
     limit = min(filter(None, (len(images), cfg.max_examples, cfg.iwae_examples)))
     index = shard(limit, accelerator)
-    base = full_precision(model, accelerator)
     bounds = []
     for start in range(0, len(index), cfg.batch_size):
         x = images[index[start : start + cfg.batch_size]].to(accelerator.device)
-        log_w = base.log_weights(x, cfg.iwae_k).double()
+        log_w = model.log_weights(x, cfg.iwae_k).double()
         bounds.append(torch.logsumexp(log_w, dim=1) - math.log(cfg.iwae_k))
     iwae = gather_rows(accelerator, torch.cat(bounds), limit).cpu()
     mean, subset_elbo = float(iwae.mean()), float(elbo[:limit].mean())

@@ -484,8 +484,9 @@ def _safe_figures(
     folder: Path,
     cfg: RunConfig,
 ) -> dict[str, Path]:
-    """The figures (training curves only when `history` is given), unless off; a model whose outputs are not finite (the metrics say so) gets
-    a warning instead of figures, never a traceback after its numbers are known."""
+    """The figures (training curves only when `history` is given), unless off; a model whose
+    outputs are not finite (the metrics say so) gets a warning instead of figures, never a
+    traceback after its numbers are known."""
     if not cfg.output.figures:
         return {}
     try:

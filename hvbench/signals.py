@@ -48,8 +48,8 @@ class StopOnSignal:
 
 
 class Terminated(BaseException):
-    """SIGTERM outside the training loop; a BaseException like KeyboardInterrupt, so no
-    `except Exception` on the way swallows it."""
+    """SIGTERM outside the training loop, or a second one inside it; a BaseException like
+    KeyboardInterrupt, so no `except Exception` on the way swallows it."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
