@@ -85,9 +85,11 @@ def _leaderboard(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from hvbench.sweep import dry_run, load, run_here, submit
+    from hvbench.sweep import dry_run, load, run_here, shard, submit
 
     sweep = load(args.file, args.out)
+    if args.shard:
+        sweep = shard(sweep, args.shard)
     if args.dry_run:
         dry_run(sweep)
     elif args.executor == "here":
@@ -258,6 +260,12 @@ def parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--wait", action="store_true", help="local/slurm: wait for the jobs")
     sweep.add_argument("--out", help="results root of every run (output.root)")
+    sweep.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="only every N-th entry, starting at entry I (0-based): N shells with shards "
+        "0/N … N-1/N run one sweep N runs at a time without starting any run twice",
+    )
     sweep.set_defaults(func=_sweep)
 
     report = sub.add_parser("report", help="write results/report.html: every run on one page")

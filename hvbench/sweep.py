@@ -35,7 +35,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,16 @@ def load(path: Path, root: str | None = None) -> Sweep:
     if not isinstance(executor, dict):
         raise UserError(f"sweep key 'executor' must be a mapping, got {executor!r}")
     return Sweep(name, Path(cfg.output.root), tuple(entries), tuple(launcher), executor)
+
+
+def shard(sweep: Sweep, text: str) -> Sweep:
+    """The entries I, I+N, I+2N, … of `sweep` for `--shard I/N`: shards are disjoint and together
+    cover the sweep, so N sweep processes share one grid (and one results root) safely."""
+    match = re.fullmatch(r"([0-9]+)/([0-9]+)", text.strip())
+    index, count = (int(match.group(1)), int(match.group(2))) if match else (-1, 0)
+    if not 0 <= index < count:
+        raise UserError(f"--shard {text!r} must be I/N with 0 <= I < N, e.g. 0/2 or 1/2")
+    return replace(sweep, entries=sweep.entries[index::count])
 
 
 def state(run_dir: Path) -> str:
