@@ -9,15 +9,20 @@ exits with status 2 before anything is written.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from hvbench.errors import UserError
 from hvbench.results import RunFailed, RunInterrupted
+
+if TYPE_CHECKING:
+    from hvbench.config import RunConfig
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -36,16 +41,39 @@ def _run(args: argparse.Namespace) -> None:
         for name, key in shortcuts.items()
         if getattr(args, name) is not None
     ]
+    # W&B words as JSON strings, which YAML reads back as strings whatever they hold
+    overrides += [
+        f"wandb.{name}={json.dumps(getattr(args, name))}"
+        for name in ("name", "notes")
+        if getattr(args, name) is not None
+    ]
+    if args.tags is not None:
+        overrides.append(f"wandb.tags={json.dumps([t for t in args.tags.split(',') if t])}")
     if args.resume is not None:
         from hvbench.run import resume
 
         given = [f"--{name}" for name in ("task", "model", "config") if getattr(args, name)]
         if given:
             raise UserError(f"--resume continues a run with its saved config; drop {given[0]}")
+        if args.print_config:
+            from hvbench.run import RESUME_SAFE, saved_config
+
+            _print_config(saved_config(args.resume, overrides + args.set, RESUME_SAFE, "--resume"))
+            return
         resume(args.resume, overrides + args.set)
         return
     cfg = resolve(args.task, args.model, args.config, overrides + args.set)
+    if args.print_config:
+        _print_config(cfg)
+        return
     execute(cfg)
+
+
+def _print_config(cfg: RunConfig) -> None:
+    """The resolved config as the run would save it (config.yaml), nothing run."""
+    import yaml
+
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -54,20 +82,18 @@ def _eval(args: argparse.Namespace) -> None:
     for text in args.set:
         if not text.startswith("eval."):
             raise UserError(f"hvbench eval only takes eval.KEY=VALUE overrides, got {text!r}")
-    reevaluate(args.run_dir, args.set)
+    reevaluate(args.run_dir, args.set, args.checkpoint)
 
 
 def _list(args: argparse.Namespace) -> None:
-    from hvbench.registry import MODELS, TASKS
+    from hvbench import listing
 
-    console = Console()
-    for registry in (TASKS, MODELS):
-        table = Table(title=f"{registry.kind}s")
-        table.add_column("name", style="bold")
-        table.add_column("description")
-        for entry in registry.entries():
-            table.add_row(entry.name, entry.description)
-        console.print(table)
+    if args.what is None:
+        listing.names(Console())
+    elif args.what == "configs":
+        listing.configs(Console())
+    else:
+        listing.options(args.what, Console())
 
 
 def _leaderboard(args: argparse.Namespace) -> None:
@@ -77,8 +103,17 @@ def _leaderboard(args: argparse.Namespace) -> None:
         main, _, seeds = build(Path(args.root))
     except OSError as err:  # e.g. a read-only root: the records were read, nothing was written
         raise UserError(f"cannot write the leaderboard into {args.root}: {err.strerror}") from None
-    print_table(seeds, columns=SEED_COLUMNS, title="hvbench leaderboard over seeds (mean ± std)")
-    print_table(main)
+    if not main:
+        Console().print(
+            f"no finished runs under {args.root}/runs yet: start with `hvbench sweep "
+            "configs/sweeps/smoke.yaml` (seconds) or `hvbench run --task toy-corr --model vae`",
+            highlight=False,
+        )
+    else:
+        print_table(
+            seeds, columns=SEED_COLUMNS, title="over seeds (mean ± std)", wide=args.wide
+        )
+        print_table(main, title="runs", wide=args.wide)
     if args.all:
         print_unranked(unranked_runs(Path(args.root)))
     Console().print(f"wrote {Path(args.root) / 'leaderboard.md'} and .csv ({len(main)} runs)")
@@ -186,7 +221,12 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="hvbench", description="Benchmark hierarchical VAEs.")
+    from hvbench import __version__
+
+    top = argparse.ArgumentParser(
+        prog="hvbench", description="Benchmark hierarchical VAEs.", formatter_class=_Help
+    )
+    top.add_argument("--version", action="version", version=f"hvbench {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train and evaluate one model on one task")
@@ -211,6 +251,14 @@ def parser() -> argparse.ArgumentParser:
         "--wandb", choices=("auto", "online", "offline", "disabled"), help="W&B mode (wandb.mode)"
     )
     run.add_argument("--out", help="results root (output.root, default: results)")
+    run.add_argument("--name", help="W&B run name (wandb.name, default: the run id)")
+    run.add_argument("--tags", metavar="TAG,TAG", help="extra W&B tags (wandb.tags)")
+    run.add_argument("--notes", help="W&B run notes (wandb.notes)")
+    run.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (what config.yaml would hold) and run nothing",
+    )
     run.add_argument(
         "--resume",
         type=Path,
@@ -230,9 +278,21 @@ def parser() -> argparse.ArgumentParser:
         metavar="eval.KEY=VALUE",
         help="change an evaluation key, e.g. eval.iwae_k=5000 (repeatable)",
     )
+    evaluate.add_argument(
+        "--checkpoint",
+        type=int,
+        metavar="STEP",
+        help="evaluate the kept checkpoint of this step instead of the final weights (into "
+        "metrics.step-STEP.json and figures.step-STEP/, never ranked)",
+    )
     evaluate.set_defaults(func=_eval)
 
-    listing = sub.add_parser("list", help="list registered tasks and models")
+    listing = sub.add_parser(
+        "list",
+        help="list tasks and models; `list configs`: the shipped configs; `list NAME`: the "
+        "options (type, default) of a task, model or section (train, eval, wandb, output)",
+    )
+    listing.add_argument("what", nargs="?", metavar="configs|NAME", help="what to list")
     listing.set_defaults(func=_list)
 
     board = sub.add_parser(
@@ -243,6 +303,12 @@ def parser() -> argparse.ArgumentParser:
     )
     board.add_argument(
         "--all", action="store_true", help="also list runs that are not ranked (not finished)"
+    )
+    board.add_argument(
+        "--wide",
+        action="store_true",
+        help="every column, however wide (default: the compact board, plus what the terminal's "
+        "or $COLUMNS' width holds)",
     )
     board.set_defaults(func=_leaderboard)
 
@@ -350,7 +416,20 @@ def parser() -> argparse.ArgumentParser:
     prepare.add_argument("--source", help="path to the original data (sets task.source)")
     prepare.add_argument("--set", action="append", default=[], metavar="task.KEY=VALUE")
     prepare.set_defaults(func=_prepare)
+    for command in (*sub.choices.values(), *data_sub.choices.values()):
+        command.formatter_class = _Help
     return top
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults in every --help, except where there is nothing to say (an unset
+    option, a flag that is off) or the help already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@ testable on its own. Only the main process writes files or talks to W&B.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -24,7 +25,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from safetensors import SafetensorError
 
 from hvbench import disentanglement, figures
-from hvbench.atomic import write_atomic, write_json
+from hvbench.atomic import write_atomic, write_json, write_new
 from hvbench.checkpoint import (
     FOLDER,
     Checkpointer,
@@ -294,13 +295,19 @@ def _record(
     }
 
 
-def reevaluate(run_dir: Path, overrides: list[str]) -> Path:
+def reevaluate(run_dir: Path, overrides: list[str], checkpoint: int | None = None) -> Path:
     """Evaluate a finished run's final weights again (e.g. a larger eval.iwae_k) without
     retraining; the metrics go into a new version beside the old ones (returned), never over
     them. The RNGs start where the run's evaluation started, so an unchanged config gives the
-    run's own numbers back."""
+    run's own numbers back.
+
+    With `checkpoint` (a step), the weights of that kept checkpoint are evaluated instead, e.g.
+    the half-budget one, into `metrics.step-NNNNNNNN.json` and `figures.step-NNNNNNNN/`: numbers
+    of a model that is not the run's final one, so the board never reads them."""
     run_dir = Path(run_dir)
     cfg = saved_config(run_dir, overrides, ("eval.",), "hvbench eval")
+    if checkpoint is not None:
+        return _evaluate_checkpoint(run_dir, cfg, overrides, checkpoint)
     state = read_status(run_dir)
     if state["status"] != "finished":
         raise UserError(
@@ -349,6 +356,56 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> Path:
     path = Path(broadcast_object_list([str(path)])[0])
     accelerator.wait_for_everyone()
     accelerator.print(f"re-evaluated {run_dir}: {path.name}")
+    accelerator.end_training()
+    return path
+
+
+def checkpoint_metrics_path(run_dir: Path, step: int) -> Path:
+    """Where `hvbench eval --checkpoint STEP` writes: a name the board's metrics versions never
+    match, so a checkpoint's numbers are kept beside the run's without being ranked."""
+    return Path(run_dir) / f"metrics.step-{step:08d}.json"
+
+
+def _evaluate_checkpoint(run_dir: Path, cfg: RunConfig, overrides: list[str], step: int) -> Path:
+    """Every test metric and figure of the weights a kept checkpoint holds, with the RNGs that
+    checkpoint saved (the same numbers each time it is evaluated)."""
+    kept = dict(checkpoints(run_dir))
+    if step not in kept:
+        steps = ", ".join(str(s) for s in kept) or "none"
+        raise UserError(f"run {run_dir} has no checkpoint of step {step}; kept steps: {steps}")
+    folder, path = kept[step], checkpoint_metrics_path(run_dir, step)
+    if path.exists():
+        raise UserError(f"{path} exists already; remove it to evaluate step {step} again")
+    started = time.time()
+    accelerator = make_accelerator(cfg.train.precision)
+    task = load_task(cfg)
+    model = build_model(cfg, task)
+    load_weights(model, folder / WEIGHTS_FILE)
+    model = accelerator.prepare(model)
+    record = read_checkpoint_state(folder)
+    if record.get("world_size") == accelerator.num_processes:
+        set_rng(read_rng(folder, accelerator.process_index))
+    else:
+        set_seed(cfg.train.seed, device_specific=True)
+    evaluations = {
+        split: evaluate_split(model, task, split, accelerator, cfg.eval)
+        for split in task.eval_splits
+    }
+    metrics: dict[str, Any] = {k: v for e in evaluations.values() for k, v in e.metrics.items()}
+    metrics["perf/parameters"] = sum(p.numel() for p in model.parameters())
+    if accelerator.is_main_process:
+        record = _record(cfg, task, accelerator, evaluations, metrics, run_dir.name, step, started)
+        record["checkpoint"] = {"step": step, "folder": f"{FOLDER}/{folder.name}"}
+        record["reevaluation"] = {"overrides": list(overrides), "weights": record["checkpoint"]}
+        data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+        try:
+            write_new(path, data)
+        except OSError as err:
+            raise UserError(f"cannot write {path}: {err.strerror}") from None
+        figures = run_dir / f"figures.step-{step:08d}"
+        _safe_figures(accelerator.unwrap_model(model), task, evaluations, [], figures, cfg)
+    accelerator.wait_for_everyone()
+    accelerator.print(f"evaluated step {step} of {run_dir}: {path.name}")
     accelerator.end_training()
     return path
 
