@@ -21,8 +21,9 @@ import yaml
 
 # config keys that change where or how a run is recorded, never what it computes
 NOT_CONFIG = {"output": None, "wandb": None, "train": ("seed", "checkpoint_every", "keep_checkpoints")}
-# row fields that identify a group rather than measure it
-GROUP_BY = ("task", "model", "config", "split", "iwae_k")
+# row fields that identify a group rather than measure it; `eval` is a re-evaluation's
+# changed eval settings, so differently evaluated seeds are never averaged together
+GROUP_BY = ("task", "model", "config", "split", "iwae_k", "eval")
 
 
 class Spread(NamedTuple):
@@ -34,9 +35,11 @@ class Spread(NamedTuple):
 
 def columns(per_run: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     """The over-seeds table's (key, title) columns: the per-run ones, the run id replaced by
-    the config hash, the number of runs and their seeds."""
+    the config hash, the number of runs and their seeds (one run's seed column dropped)."""
     out: list[tuple[str, str]] = []
     for key, title in per_run:
+        if key == "seed":
+            continue
         out += [("config", "config"), ("n", "n"), ("seeds", "seeds")] if key == "run_id" else [(key, title)]
     return tuple(out)
 
@@ -59,9 +62,32 @@ def run_config(run_dir: Path) -> dict[str, Any] | None:
     """The config a run saved, or None when it has none that can be read."""
     try:
         config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+    except (OSError, yaml.YAMLError, ValueError, RecursionError):  # ValueError: not UTF-8
         return None
     return config if isinstance(config, dict) else None
+
+
+def evaluated_config(run_dir: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The config a run's numbers were computed with: its config.yaml, with the eval settings
+    its latest metrics record was computed with (`hvbench eval --set eval.X=..` changes those
+    without touching config.yaml). A record from before `run.eval` existed gets its
+    re-evaluation's overrides applied instead."""
+    config = run_config(run_dir)
+    if config is None:
+        return None
+    saved = config.get("eval") if isinstance(config.get("eval"), dict) else {}
+    recorded = (record.get("run") or {}).get("eval")
+    if isinstance(recorded, dict):
+        return {**config, "eval": recorded}
+    changed = dict(saved)
+    for text in (record.get("reevaluation") or {}).get("overrides") or []:
+        name, sep, value = str(text).removeprefix("eval.").partition("=")
+        if sep:
+            try:
+                changed[name] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                changed[name] = value
+    return {**config, "eval": changed}
 
 
 def over_seeds(
@@ -78,7 +104,8 @@ def over_seeds(
     for row in rows:
         config = configs.get((row["task"], row["model"], row["run_id"]))
         key = config_hash(config) if config is not None else f"run {row['run_id']}"
-        row = {**row, "config": key, "seed": (config or {}).get("train", {}).get("seed")}
+        train = (config or {}).get("train")
+        row = {**row, "config": key, "seed": train.get("seed") if isinstance(train, dict) else None}
         groups.setdefault(tuple(row.get(k) for k in GROUP_BY), []).append(row)
     out = []
     for members in groups.values():
@@ -117,12 +144,24 @@ def _combine(values: list[Any]) -> Any:
     if any(v is None for v in values):
         return None  # a metric a seed could not compute: the per-run table shows which
     if all(_is_number(v) for v in values):
-        return Spread(statistics.fmean(values), statistics.stdev(values))
+        return _spread(values)
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        # a non-finite seed makes the mean non-finite: shown as such, never ranked
+        return Spread(sum(map(float, values)) / len(values), math.nan)
     counts = [_count(v) for v in values]
     if all(counts) and len({d for _, d in counts}) == 1:
         numerators = [n for n, _ in counts]
         return f"{statistics.fmean(numerators):.1f} ± {statistics.stdev(numerators):.1f}/{counts[0][1]}"
     return ", ".join(dict.fromkeys(map(str, values)))
+
+
+def _spread(values: list[float]) -> Spread:
+    """Mean and sample std, computed exactly (statistics' fractions): float sums of values
+    near 1e308 overflow, and a board must not crash on a record's extreme but finite number."""
+    try:
+        return Spread(float(statistics.mean(values)), float(statistics.stdev(values)))
+    except OverflowError:
+        return Spread(math.inf, math.nan)
 
 
 def _count(value: Any) -> tuple[int, int] | None:
@@ -138,7 +177,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def ranked_value(value: Any) -> float | None:
+    """The number a row is ranked by (a finite value or mean), or None: a row whose ELBO is
+    missing, NaN or infinite is shown as such but never ranked above any other."""
+    mean = value.mean if isinstance(value, Spread) else value
+    return float(mean) if _is_number(mean) else None
+
+
 def _mean_or_inf(value: Any) -> float:
-    if isinstance(value, Spread):
-        return value.mean
-    return value if _is_number(value) else -math.inf
+    ranked = ranked_value(value)
+    return -math.inf if ranked is None else ranked

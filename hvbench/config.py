@@ -75,6 +75,9 @@ class WandbConfig:
     entity: str | None = None
     group: str | None = None  # default: the run's sweep, else its task
     tags: tuple[str, ...] = ()  # added to the automatic precision / device / config tags
+    name: str | None = None  # the W&B run's display name; default: the run id
+    notes: str | None = None  # the W&B run's description
+    log_model: bool = False  # upload model.safetensors as a W&B model artifact at the end
 
 
 @dataclass(frozen=True)

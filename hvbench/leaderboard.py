@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -31,7 +33,9 @@ COLUMNS = (
     ("task", "task"),
     ("model", "model"),
     ("run_id", "run"),
+    ("seed", "seed"),
     ("split", "split"),
+    ("eval", "re-evaluated with"),
     ("elbo_nats", "ELBO (nats) ↑"),
     ("examples", "n"),
     ("nll_per_dim", "−ELBO per dim ↓"),
@@ -57,26 +61,60 @@ COLUMNS = (
     ("data_source", "data source"),
 )
 SEED_COLUMNS = aggregate.columns(COLUMNS)
-# the terminal shows what fits a screen; leaderboard.md and the CSVs hold every column
-TERMINAL_COLUMNS = {
+# The terminal tables: their own short titles (every word of a title stays whole on screen).
+# The compact board always shows these; leaderboard.md and the CSVs hold every column.
+COMPACT = (
     "task",
     "model",
-    "config",
+    "run_id",
+    "seed",
     "n",
-    "split",
     "elbo_nats",
-    "nll_per_dim",
     "iwae_nats",
-    "iwae_elbo_nats",
-    "reference_iwae_bpd",
-    "active_units",
-    "uncertain_units",
     "conditional_active_units",
     "kl_collapse_rate",
-    "mig",
     "train_images_per_s",
+)
+# columns that split the rows of one configuration: shown whenever they differ within a task
+SPLITTING = ("config", "split", "iwae_k", "eval")
+# what a narrow terminal hides first (after the extra columns), splitting columns last
+DROP_ORDER = ("train_images_per_s", "kl_collapse_rate", "iwae_nats", "seed", "n")
+# what a wider terminal shows next, in this order, while it fits
+EXTRA = (
+    "nll_per_dim",
+    "active_units",
+    "collapse_rate",
+    "mig",
+    "dci_lasso_disentanglement",
+    "uncertain_units",
+    "reference_iwae_bpd",
+    "iwae_elbo_nats",
     "precision",
+    "parameters",
+    "eval_images_per_s",
+    "steps",
+    "device",
+)
+SHORT_TITLES = {
+    "run_id": "run",
+    "eval": "re-eval",
+    "elbo_nats": "ELBO ↑",
+    "examples": "n ex.",
+    "nll_per_dim": "−ELBO/dim ↓",
+    "iwae_nats": "IWAE ↑",
+    "iwae_elbo_nats": "ELBO on IWAE set ↑",
+    "iwae_k": "k",
+    "reference_iwae_bpd": "−IWAE bpd ↓",
+    "reference": "published split",
+    "conditional_active_units": "cond. active",
+    "kl_collapse_rate": "KL collapse ↓",
+    "train_images_per_s": "img/s",
+    "eval_images_per_s": "eval img/s",
+    "dci_lasso_disentanglement": "DCI D ↑",
+    "data_source": "data",
 }
+TEXT_COLUMNS = ("task", "model", "run_id", "config", "split", "eval", "device", "precision")
+BEST = "*"  # appended to the model of the best measured row of a task
 GROUP_COLUMNS = (
     "task",
     "model",
@@ -144,7 +182,7 @@ def print_unranked(runs: list[dict[str, Any]], console: Console | None = None) -
         step = "—" if r.get("step") is None else f"{r['step']}/{r.get('steps', '?')}"
         row = (r["task"], r["model"], r["run_id"], r["status"], step, str(r.get("reason") or ""))
         table.add_row(*row)
-    (console or Console(width=None if sys.stdout.isatty() else 220)).print(table)
+    (console or Console()).print(table)
 
 
 def _warn(message: str) -> None:
@@ -189,7 +227,9 @@ def _run_row(run: dict[str, Any]) -> dict[str, Any]:
         "task": run["task"],
         "model": run["model"],
         "run_id": run["run_id"],
+        "seed": info.get("seed"),
         "split": split,
+        "eval": _reevaluated_with(run),
         "elbo_nats": get("elbo_nats"),
         "examples": get("examples"),
         "nll_per_dim": per_dim,
@@ -215,6 +255,13 @@ def _run_row(run: dict[str, Any]) -> dict[str, Any]:
         "steps": info["steps"],
         "data_source": info["data_source"],
     }
+
+
+def _reevaluated_with(run: dict[str, Any]) -> str | None:
+    """The eval settings a re-evaluation changed (`iwae_k=5000`), None for the run's own
+    evaluation: seeds evaluated differently are never averaged into one row."""
+    overrides = (run.get("reevaluation") or {}).get("overrides") or []
+    return ", ".join(str(o).removeprefix("eval.") for o in overrides) or None
 
 
 def group_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -400,16 +447,136 @@ def build(
 
 
 def print_table(
-    main: list[dict[str, Any]],
+    rows_: list[dict[str, Any]],
     console: Console | None = None,
     columns: tuple[tuple[str, str], ...] = COLUMNS,
     title: str = "hvbench leaderboard",
+    wide: bool = False,
 ) -> None:
-    table = Table(title=title, show_lines=False)
-    shown = [c for c in columns if c[0] in TERMINAL_COLUMNS]
-    for _, title in shown:
-        table.add_column(title, overflow="fold")
-    for r in main:
-        table.add_row(*[_fmt(r.get(key)) for key, _ in shown])
-    # a pipe or a log file gets the whole table rather than rich's 80-column default
-    (console or Console(width=None if sys.stdout.isatty() else 220)).print(table)
+    """A board on the terminal: the compact columns, then as many more as the console's width
+    holds (`wide`: every column, as wide as it takes). Numbers never wrap and no title word is
+    split; a hidden column is named under the table, and the best row of each task marked."""
+    console = console or Console()
+    available = [k for k, _ in columns]
+    keys = [k for k in available if k in COMPACT]
+    keys += [k for k in SPLITTING if k in available and _differs(rows_, k)]
+    extra = [k for k in available if k not in keys and (wide or k in EXTRA)]
+    if not wide:
+        extra.sort(key=EXTRA.index)
+    best = _best(rows_)
+    titles = dict(columns)
+    for k in extra:
+        if wide or _width(rows_, [*keys, k], titles, best) <= console.width:
+            keys.append(k)
+    hidden = [k for k in available if k not in keys and k in EXTRA]
+    order = [*reversed([k for k in keys if k in EXTRA]), *DROP_ORDER, *SPLITTING]
+    while not wide and _width(rows_, keys, titles, best) > console.width:
+        droppable = [k for k in order if k in keys]
+        if not droppable:
+            break  # task, model and run id alone: the terminal wraps them
+        keys.remove(droppable[0])
+        hidden.insert(0, droppable[0])
+    table = _table(rows_, [k for k in available if k in keys], titles, best, title)
+    if wide:  # as wide as the table takes: a pager (`less -S`) or a log shows it whole
+        needed = _width(rows_, keys, titles, best)
+        console = Console(width=max(console.width, needed), file=console.file)
+    console.print(table)
+    notes = [
+        f"ELBO, IWAE: nats{', mean±std over seeds' if 'n' in keys else ''}; "
+        f"{BEST} best ELBO of its task; cond. active: units whose posterior adds to its "
+        "conditional prior (of all units); KL collapse: share of units paying < 0.01 nats"
+    ]
+    if hidden:
+        named = [SHORT_TITLES.get(k, titles[k]) for k in hidden if k not in EXTRA]
+        more = len(hidden) - len(named)
+        what = ", ".join([*named, *([f"{more} more columns"] if more else [])])
+        notes.append(f"not shown at {console.width} columns: {what} (hvbench leaderboard --wide)")
+    for note in notes:
+        console.print(note, style="dim", highlight=False)
+
+
+def _table(
+    rows_: list[dict[str, Any]],
+    keys: list[str],
+    titles: dict[str, str],
+    best: set[int],
+    title: str,
+) -> Table:
+    """The rich table; each column as wide as its longest cell or title word, never narrower."""
+    body = [
+        [_short(r, k) + (f" {BEST}" if k == "model" and i in best else "") for k in keys]
+        for i, r in enumerate(rows_)
+    ]
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0, 0, 1))
+    for j, k in enumerate(keys):
+        head = SHORT_TITLES.get(k, titles[k])
+        words = [cell_len(w) for w in head.split()] + [cell_len(row[j]) for row in body]
+        table.add_column(
+            head,
+            justify="left" if k in TEXT_COLUMNS else "right",
+            no_wrap=True,
+            min_width=max(words),
+        )
+    for row in body:
+        table.add_row(*row)
+    return table
+
+
+def _width(
+    rows_: list[dict[str, Any]], keys: list[str], titles: dict[str, str], best: set[int]
+) -> int:
+    """The width the table takes with every number on one line and every title word whole."""
+    console = Console(width=10_000, file=io.StringIO(), color_system=None)
+    with console.capture() as captured:
+        console.print(_table(rows_, keys, titles, best, ""))
+    return max((cell_len(line.rstrip()) for line in captured.get().splitlines()), default=0)
+
+
+def _differs(rows_: list[dict[str, Any]], key: str) -> bool:
+    """Whether `key` takes two values among rows that it could explain: the config among one
+    model's rows of a task, the split, k or eval settings among a task's rows."""
+    seen: dict[tuple[str, ...], set[str]] = {}
+    for r in rows_:
+        where = (r["task"], r["model"]) if key == "config" else (r["task"],)
+        seen.setdefault(where, set()).add(str(r.get(key)))
+    return any(len(values) > 1 for values in seen.values())
+
+
+def _best(rows_: list[dict[str, Any]]) -> set[int]:
+    """Indices of each task's highest mean ELBO among the rows on the same split and data."""
+    best: dict[tuple[str, str, str], tuple[float, int]] = {}
+    for i, r in enumerate(rows_):
+        value = r.get("elbo_nats")
+        value = value.mean if isinstance(value, Spread) else value
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        group = (r["task"], str(r.get("split")), str(r.get("data_source")))
+        if group not in best or value > best[group][0]:
+            best[group] = (value, i)
+    return {i for _, i in best.values()}
+
+
+def _short(r: dict[str, Any], key: str) -> str:
+    """A cell as the terminal shows it: a mean with as many decimals as its std's two
+    significant digits, and no spaces inside a number."""
+    value = r.get(key)
+    if isinstance(value, Spread):
+        if not (math.isfinite(value.std) and value.std > 0):
+            return _number(value.mean)
+        decimals = max(0, 1 - math.floor(math.log10(value.std)))
+        return f"{value.mean:.{decimals}f}±{value.std:.{decimals}f}"
+    if isinstance(value, float):
+        text = _number(value)
+    elif isinstance(value, str):
+        text = value.replace(" ± ", "±")
+    else:
+        text = _fmt(value).replace(",", "")
+    if key == "nll_per_dim" and value is not None:
+        text += f" {r.get('nll_unit')}"
+    return text
+
+
+def _number(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"
