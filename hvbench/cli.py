@@ -369,14 +369,23 @@ def parser() -> argparse.ArgumentParser:
         help="YAML files whose model sections build models (one --model with one --config: "
         "that config under another model name)",
     )
-    bench.add_argument("--set", action="append", default=[], metavar="model.KEY=VALUE")
+    bench.add_argument(
+        "--set", action="append", default=[], metavar="model.KEY=VALUE", help="model options"
+    )
     bench.add_argument("--shape", default="1,28,28", help="input C,H,W (default 1,28,28)")
     bench.add_argument(
-        "--likelihood", choices=("bernoulli", "gaussian", "dlogistic"), default="bernoulli"
+        "--likelihood",
+        choices=("bernoulli", "gaussian", "dlogistic"),
+        default="bernoulli",
+        help="the decoder's likelihood head",
     )
     bench.add_argument("--batch", type=int, nargs="+", default=[64], help="batch sizes")
     bench.add_argument(
-        "--precision", nargs="+", choices=("no", "bf16", "fp16"), default=["no"]
+        "--precision",
+        nargs="+",
+        choices=("no", "bf16", "fp16"),
+        default=["no"],
+        help="precisions, each its own row (no: fp32)",
     )
     bench.add_argument(
         "--options",
@@ -412,9 +421,11 @@ def parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prepare = data_sub.add_parser("prepare", help="build a task's on-disk cache once")
-    prepare.add_argument("--task", required=True)
+    prepare.add_argument("--task", required=True, help="task name (see `hvbench list`)")
     prepare.add_argument("--source", help="path to the original data (sets task.source)")
-    prepare.add_argument("--set", action="append", default=[], metavar="task.KEY=VALUE")
+    prepare.add_argument(
+        "--set", action="append", default=[], metavar="task.KEY=VALUE", help="task options"
+    )
     prepare.set_defaults(func=_prepare)
     for command in (*sub.choices.values(), *data_sub.choices.values()):
         command.formatter_class = _Help
