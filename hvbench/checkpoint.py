@@ -2,8 +2,10 @@
 
 A checkpoint is Accelerate's `save_state` folder (model, optimizer, grad
 scaler, and every process's python/numpy/torch RNG states) plus hvbench's own
-two files: the batch sampler (generator state, permutation, position) as
-safetensors and the training state (step, skip counts, history) as JSON. Both
+files: the batch sampler (generator state, permutation, position) as
+safetensors, the training state (step, skip counts, history) as JSON and, with
+`train.ema_rate` > 0, the fp32 average of the weights as safetensors named like
+the model's own (`EMA_FILE`, loadable as weights). They
 are hvbench's files rather than objects registered with Accelerate, whose
 custom states are unpickled with `weights_only=False`; everything here loads
 with `weights_only=True` or is plain data, so a checkpoint from elsewhere can
@@ -37,6 +39,10 @@ from hvbench.errors import UserError
 FOLDER = "checkpoints"
 STATE_FILE = "hvbench_state.json"
 SAMPLER_FILE = "sampler.safetensors"
+EMA_FILE = "ema.safetensors"
+# train keys added after checkpoints existed, with the default that means "off": left out of
+# the fingerprint at that default, so a run checkpointed before the key existed still resumes
+LATER_TRAIN_KEYS = {"ema_rate": 0.0}
 FORMAT = 1
 _NAME = re.compile(r"step-([0-9]{8})")
 
@@ -45,7 +51,11 @@ def fingerprint(config: dict[str, Any]) -> str:
     """What determines the trained weights: the task, model and training keys, without where the
     checkpoints go. A checkpoint records it, so one from another run is refused."""
     where = ("checkpoint_every", "keep_checkpoints")
-    train = {k: v for k, v in config["train"].items() if k not in where}
+    train = {
+        k: v
+        for k, v in config["train"].items()
+        if k not in where and not (k in LATER_TRAIN_KEYS and v == LATER_TRAIN_KEYS[k])
+    }
     relevant = {"task": config["task"], "model": config["model"], "train": train}
     text = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -83,8 +93,15 @@ class Checkpointer:
         found = checkpoints(self.run_dir)
         return found[-1][1] if found else None
 
-    def save(self, step: int, state: dict[str, Any], sampler: dict[str, torch.Tensor]) -> Path:
-        """Write a checkpoint of `step` atomically; every process must call this together."""
+    def save(
+        self,
+        step: int,
+        state: dict[str, Any],
+        sampler: dict[str, torch.Tensor],
+        ema: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
+        """Write a checkpoint of `step` atomically; every process must call this together. `ema`
+        is the same on every process (each averages the same weights): the main one writes it."""
         acc = self.accelerator
         tmp, final = self.folder / f".tmp-step-{step:08d}", self.folder / f"step-{step:08d}"
         if acc.is_main_process:
@@ -94,6 +111,8 @@ class Checkpointer:
         acc.save_state(str(tmp))
         if acc.is_main_process:
             save_file({k: v.contiguous() for k, v in sampler.items()}, str(tmp / SAMPLER_FILE))
+            if ema is not None:
+                save_file({k: v.detach().cpu() for k, v in ema.items()}, str(tmp / EMA_FILE))
             record = {
                 "format": FORMAT,
                 "step": step,
@@ -143,6 +162,17 @@ class Checkpointer:
         if not torch.equal(torch.get_rng_state(), saved_rng["torch_manual_seed"]):
             raise UserError(f"checkpoint {folder}: the random states were not restored")
         return record["train"], sampler
+
+
+def read_ema(folder: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's averaged weights (on CPU); a missing or damaged file is a UserError."""
+    path = Path(folder) / EMA_FILE
+    if not path.is_file():
+        raise UserError(f"checkpoint {folder} has no averaged weights ({EMA_FILE}) to continue")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises several types on a truncated file
+        raise UserError(f"checkpoint {folder}: {EMA_FILE}: {_first_line(err)}") from None
 
 
 def read_state(folder: Path) -> dict[str, Any]:

@@ -52,6 +52,8 @@ class TrainConfig:
     max_skip_fraction: float = 0.01  # more skipped steps than this fails the run
     channels_last: bool = False  # NHWC activations: oneDNN's and tensor cores' preferred layout
     compile: bool = False  # torch.compile the model's forward (minutes of compiling first)
+    # weights' moving average (VDVAE: 0.9999), scored by the final evaluation; 0 disables
+    ema_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -388,6 +390,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.keep_checkpoints": _INTERVAL,
     "train.skip_threshold": _NON_NEGATIVE,
     "train.max_skip_fraction": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
+    "train.ema_rate": (lambda v: 0 <= v < 1, "a fraction in [0, 1) (0: no average)"),
     "eval.batch_size": _INTERVAL,
     "eval.max_examples": _INTERVAL,
     "eval.iwae_k": _COUNT,

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from hvbench import disentanglement, figures
 from hvbench.atomic import write_atomic, write_json, write_new
 from hvbench.checkpoint import (
+    EMA_FILE,
     FOLDER,
     Checkpointer,
     checkpoints,
@@ -174,6 +175,8 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
         try:
             tracker = Tracker(cfg, run_dir, run_id, accelerator.device, main)
             result = _train(cfg, task, model, optimizer, accelerator, tracker, checkpointer)
+            if result.ema is not None:  # the averaged weights are the ones scored and saved
+                result.ema.copy_to(accelerator.unwrap_model(model))
             save_weights(run_dir, accelerator, model)
             evaluations = {
                 split: evaluate_split(model, task, split, accelerator, cfg.eval)
@@ -380,7 +383,8 @@ def _evaluate_checkpoint(run_dir: Path, cfg: RunConfig, overrides: list[str], st
     accelerator = make_accelerator(cfg.train.precision)
     task = load_task(cfg)
     model = build_model(cfg, task)
-    load_weights(model, folder / WEIGHTS_FILE)
+    # an EMA run is scored on its average, at every checkpoint as at the end
+    load_weights(model, folder / (EMA_FILE if cfg.train.ema_rate > 0 else WEIGHTS_FILE))
     model = accelerator.prepare(model)
     record = read_checkpoint_state(folder)
     if record.get("world_size") == accelerator.num_processes:
@@ -506,6 +510,8 @@ def _run_info(
         "likelihood": task.spec.likelihood,
         "eval_splits": list(task.eval_splits),
         "reference_split": task.reference_split,
+        # the weights scored: "ema" (train.ema_rate's moving average) or "raw" (the last step's)
+        "weights": "ema" if cfg.train.ema_rate > 0 else "raw",
         "estimators": next(iter(evaluations.values())).estimators,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.time() - started, 1),

@@ -8,7 +8,8 @@ or whose gradient norm passes `train.skip_threshold`, is skipped and counted
 that blew up, while the last checkpoint stays intact.
 
 Resuming is exact: a checkpoint holds the model, optimizer, grad scaler, every
-process's RNGs, the sampler's permutation and position and `TrainState`, and
+process's RNGs, the sampler's permutation and position, `TrainState` and the
+weights' moving average (`train.ema_rate`), and
 nothing between two checkpoints draws random numbers differently on a resumed
 run than on an uninterrupted one (validation and timing included).
 """
@@ -26,9 +27,10 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor
 
-from hvbench.checkpoint import Checkpointer
+from hvbench.checkpoint import Checkpointer, read_ema
 from hvbench.config import TrainConfig
 from hvbench.device import synchronize
+from hvbench.ema import EMA
 from hvbench.errors import UserError
 from hvbench.objective import beta_at, training_loss
 from hvbench.progress import StepReporter
@@ -73,6 +75,7 @@ class TrainResult:
     steps: int = 0
     images_per_s: float = float("nan")
     overflow_steps: int = 0
+    ema: EMA | None = None  # the averaged weights when train.ema_rate > 0
 
 
 def with_speed_options(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
@@ -139,7 +142,9 @@ def train(
     checkpoint of the step in hand is saved) and TrainingDiverged."""
     steps = total_steps(cfg, len(train_images), accelerator.num_processes)
     sampler = BatchSampler(len(train_images), cfg.batch_size, accelerator, cfg.seed)
-    state = _restore(checkpointer, sampler)
+    base = accelerator.unwrap_model(model)
+    ema = EMA(base, cfg.ema_rate) if cfg.ema_rate > 0 else None
+    state = _restore(checkpointer, sampler, ema)
     first = state.step + 1
     warmup = min(20, max(1, steps // 10))  # steps excluded from throughput, also after a resume
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
@@ -148,7 +153,8 @@ def train(
 
     def save(step: int) -> None:
         if checkpointer is not None:
-            checkpointer.save(step, dataclasses.asdict(state), sampler.state_dict())
+            averaged = ema.state_dict() if ema is not None else None
+            checkpointer.save(step, dataclasses.asdict(state), sampler.state_dict(), averaged)
 
     with StepReporter(steps, accelerator.is_main_process) as reporter, StopOnSignal() as stop:
         for step in range(first, steps + 1):
@@ -170,6 +176,8 @@ def train(
             elif fp16:
                 accelerator.scaler.update()  # a skipped spike still closes the scaler's step
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None and not skipped and not overflow:  # only steps that moved θ
+                ema.update(base)
             if slowdown > 0:
                 _burn(slowdown * (time.thread_time() - cpu0))
             state.step = step
@@ -215,6 +223,7 @@ def train(
         steps=steps,
         images_per_s=state.timed_images / state.timed_seconds if state.timed_seconds else math.nan,
         overflow_steps=state.overflow_steps,
+        ema=ema,
     )
 
 
@@ -225,12 +234,16 @@ def _burn(seconds: float) -> None:
         pass
 
 
-def _restore(checkpointer: Checkpointer | None, sampler: BatchSampler) -> TrainState:
+def _restore(
+    checkpointer: Checkpointer | None, sampler: BatchSampler, ema: EMA | None
+) -> TrainState:
     latest = checkpointer.latest() if checkpointer is not None else None
     if latest is None:
         return TrainState()
     saved, sampler_state = checkpointer.restore(latest)
     sampler.load_state_dict(sampler_state)
+    if ema is not None:
+        ema.load_state_dict(read_ema(latest), f"checkpoint {latest}")
     known = {f.name for f in dataclasses.fields(TrainState)}
     if set(saved) != known:
         raise UserError(f"checkpoint {latest} holds another training state ({sorted(saved)})")
