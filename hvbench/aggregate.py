@@ -80,7 +80,9 @@ def evaluated_config(run_dir: Path, record: dict[str, Any]) -> dict[str, Any] | 
     if isinstance(recorded, dict):
         return {**config, "eval": recorded}
     changed = dict(saved)
-    for text in (record.get("reevaluation") or {}).get("overrides") or []:
+    reevaluation = record.get("reevaluation")
+    overrides = reevaluation.get("overrides") if isinstance(reevaluation, dict) else None
+    for text in overrides if isinstance(overrides, list) else []:
         name, sep, value = str(text).removeprefix("eval.").partition("=")
         if sep:
             try:
@@ -114,7 +116,7 @@ def over_seeds(
         merged.update(n=len(members), seeds=seeds, runs=[m["run_id"] for m in members])
         del merged["run_id"], merged["seed"]
         out.append(merged)
-    return sorted(out, key=lambda r: (r["task"], -_mean_or_inf(r.get("elbo_nats"))))
+    return sorted(out, key=lambda r: (r["task"], -rank_value(r.get("elbo_nats"))))
 
 
 def flat(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -184,6 +186,7 @@ def ranked_value(value: Any) -> float | None:
     return float(mean) if _is_number(mean) else None
 
 
-def _mean_or_inf(value: Any) -> float:
+def rank_value(value: Any) -> float:
+    """What rows are sorted by, best first under `-`: the ranked value, -inf for none."""
     ranked = ranked_value(value)
     return -math.inf if ranked is None else ranked

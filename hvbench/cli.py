@@ -3,7 +3,8 @@ data prepare`.
 
 Works the same as `python -m hvbench`, under `accelerate launch -m hvbench`
 and under `torchrun -m hvbench`. Bad input (a `UserError`) prints one line and
-exits with status 2 before anything is written.
+exits with status 2 before anything is written. Anything else that reaches `main` (a full
+disk, a bug) is one line too, exit status 1, its traceback in a log file the line names.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -20,6 +24,7 @@ from rich.table import Table
 
 from hvbench.errors import UserError
 from hvbench.results import RunFailed, RunInterrupted
+from hvbench.signals import Terminated
 
 if TYPE_CHECKING:
     from hvbench.config import RunConfig
@@ -447,8 +452,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     from hvbench.cpu import configure
 
-    configure()  # this process's share of the cores under any launcher; a steady allocator
     try:
+        configure()  # this process's share of the cores under any launcher; a steady allocator
         args.func(args)
     except UserError as err:
         _fail(f"hvbench: error: {err}", 2)
@@ -460,11 +465,68 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"hvbench: interrupted {where}; resume with: {resume}", 128 + stop.signum)
     except KeyboardInterrupt:
         _fail("hvbench: interrupted before the run started; nothing to resume", 130)
+    except Terminated as stop:  # SIGTERM outside a run: loading, a sweep, the board
+        _fail(f"hvbench: stopped by {stop}; nothing was left half-written", 128 + stop.signum)
+    except Exception as err:  # the guard: whatever nobody listed is one line, never a traceback
+        if os.environ.get("HVBENCH_DEBUG") == "1":
+            raise
+        _fail(_unexpected(err), 1)
+
+
+def _unexpected(err: Exception) -> str:
+    """One line for an exception nothing else handled, its traceback in a log file: a fault of
+    the machine (an OSError: disk full, a lost mount) names its cause, anything else is a bug."""
+    lines = str(err).strip().splitlines()
+    what = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    if isinstance(err, OSError) and err.strerror:
+        where = f": {err.filename}" if err.filename else ""
+        what = f"{err.strerror}{where}"
+    what = what if len(what) <= 300 else what[:297] + "..."
+    kind = "failed" if isinstance(err, OSError) else "internal error"
+    return f"hvbench: {kind}: {what} ({_log_traceback(err)}; HVBENCH_DEBUG=1 prints it)"
+
+
+def _log_traceback(err: BaseException) -> str:
+    """Write `err`'s traceback to a new file under the cache folder (else the temp folder) and
+    say where; a disk too full for even that is said instead."""
+    import tempfile
+    import traceback
+    from datetime import datetime, timezone
+
+    from hvbench.paths import cache_dir
+
+    text = "".join(traceback.format_exception(err))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    problem = "no folder to write it to"
+    for folder in (cache_dir() / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(
+                "w", dir=folder, prefix=f"hvbench-error-{stamp}-", suffix=".log", delete=False
+            ) as log:
+                log.write(" ".join(sys.argv) + "\n" + text)
+            return f"traceback in {log.name}"
+        except OSError as failed:
+            problem = failed.strerror or type(failed).__name__
+    return f"no traceback log: {problem}"
 
 
 def _fail(line: str, code: int) -> None:
     """One line on stderr, from rank 0 only under torchrun / accelerate launch (every process
     fails alike), and the exit status."""
     if os.environ.get("RANK", "0") == "0":
-        print(line, file=sys.stderr)
+        print(" ".join(line.split()), file=sys.stderr)  # one line, whatever a message holds
+    if code > 128:  # stopped by a signal: a second one while shutting down ends it at once
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _exit_now(code))
     sys.exit(code)
+
+
+def _exit_now(code: int) -> Callable[[int, FrameType | None], None]:
+    """A handler for a signal received after the one-line report: W&B and Accelerate may take
+    a while to shut down, and a KeyboardInterrupt in their exit hooks would print a traceback."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        os._exit(code)
+
+    return handler

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from hvbench.errors import UserError
+from hvbench.errors import UserError, shown
 from hvbench.registry import MODELS, TASKS
 from hvbench.results import run_id_problem
 
@@ -155,7 +155,30 @@ class _ConfigLoader(yaml.SafeLoader):
 
     PyYAML follows YAML 1.1, where `no`, `off`, `yes` and `on` are booleans too: the
     precision choice `no` would arrive as False and be refused, in a file and in `--set`.
+    A key given twice in one mapping is refused: PyYAML keeps the last silently, so a config
+    could say `steps: 500` and run something else further down.
     """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: PyYAML's own check names it below
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {shown(key)}",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
 
 
 _ConfigLoader.yaml_implicit_resolvers = {
@@ -169,9 +192,38 @@ _ConfigLoader.add_implicit_resolver(
 )
 
 
+# A config holds hundreds of values; YAML aliases can make a 1 KB file expand to billions
+# (a "billion laughs" bomb), which every later step (checks, merges, messages) would walk.
+MAX_VALUES = 100_000
+
+
 def load_yaml(text: str) -> Any:
-    """Parse config YAML (files, `--set` values, saved configs) with 1.2 booleans."""
-    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: builds plain data only
+    """Parse config YAML (files, `--set` values, saved configs) with 1.2 booleans; a document
+    that expands to more than MAX_VALUES values through aliases is a yaml.YAMLError."""
+    data = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: builds plain data only
+    if _expanded_size(data, {}) > MAX_VALUES:
+        raise yaml.YAMLError(
+            f"it expands to more than {MAX_VALUES:,} values (aliases that repeat themselves?)"
+        )
+    return data
+
+
+def _expanded_size(value: Any, sizes: dict[int, int]) -> int:
+    """How many values `value` would hold written out without aliases, counted without
+    expanding it: an alias is the same object, so each object's size is computed once."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    known = sizes.get(id(value))
+    if known is None:
+        sizes[id(value)] = MAX_VALUES + 1  # a self-referencing alias is too large by itself
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        known = 1
+        for item in items:
+            known += _expanded_size(item, sizes)
+            if known > MAX_VALUES:
+                break
+        sizes[id(value)] = known
+    return known
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -184,21 +236,34 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise UserError(f"config file {path} cannot be read: {err.strerror}") from None
     except yaml.YAMLError as err:
-        first = str(err).splitlines()[0]
-        raise UserError(f"config file {path} is not valid YAML: {first}") from None
+        raise UserError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
+    except RecursionError:
+        raise UserError(f"config file {path} is nested too deeply to be a config") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise UserError(f"config file {path} holds a value that cannot be read: {err}") from None
     if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of sections, got {data!r}")
+        raise UserError(f"config file {path} must hold a mapping of sections, got {shown(data)}")
     return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """What is wrong and on which line, in one line (PyYAML's own text spans several)."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        mark = err.problem_mark
+        text = err.problem + (f" (line {mark.line + 1})" if mark is not None else "")
+    else:
+        text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b=c` → (['a', 'b'], c parsed as a YAML scalar)."""
     key, sep, raw = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise UserError(f"--set expects KEY.PATH=VALUE, got {text!r}")
+        raise UserError(f"--set expects KEY.PATH=VALUE, got {shown(text)}")
     try:
         value = load_yaml(raw) if raw else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):
         value = raw
     return key.split("."), value
 
@@ -243,7 +308,7 @@ def section_overrides(
     for text in texts:
         keys, _ = parse_override(text)
         if keys[0] != section or len(keys) != 2:
-            raise UserError(f"{command} only takes {section}.KEY=VALUE overrides, got {text!r}")
+            raise UserError(f"{command} only takes {section}.KEY=VALUE overrides, got {shown(text)}")
     return apply_overrides({section: base or {}}, texts)[section]
 
 
@@ -258,7 +323,15 @@ def resolve(
     unknown = set(raw) - set(SECTIONS)
     if unknown:
         bad = sorted(unknown)[0]
-        raise UserError(f"unknown config section {bad!r}; allowed: {', '.join(SECTIONS)}")
+        raise UserError(f"unknown config section {shown(bad)}; allowed: {', '.join(SECTIONS)}")
+    for option, given, section in (("--task", task, "task"), ("--model", model, "model")):
+        named = _section(raw, section).get("name")
+        if given and named is not None and named != given:  # which one was meant is a guess
+            where = f"in {config_file}" if config_file else "from --set"
+            raise UserError(
+                f"{option} {given} conflicts with {section}.name {shown(named)} {where}; "
+                "give only one of them"
+            )
     task_name = task or _section(raw, "task").get("name")
     model_name = model or _section(raw, "model").get("name")
     if not task_name:
@@ -291,20 +364,20 @@ def resolve(
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
     value = raw.get(name) or {}
     if not isinstance(value, dict):
-        raise UserError(f"config section {name!r} must be a mapping, got {value!r}")
+        raise UserError(f"config section {name!r} must be a mapping, got {shown(value)}")
     return value
 
 
 def build(cls: type, data: dict[str, Any], path: str) -> Any:
     """Instantiate dataclass `cls` from `data`, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
-        raise UserError(f"config key {path!r} must be a mapping, got {data!r}")
+        raise UserError(f"config key {path!r} must be a mapping, got {shown(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     for key in data:
         if key not in fields:
             raise UserError(
-                f"unknown config key '{path}.{key}'; allowed: {', '.join(sorted(fields))}"
+                f"unknown config key {shown(f'{path}.{key}')}; allowed: {', '.join(sorted(fields))}"
             )
     values = {key: coerce(value, hints[key], f"{path}.{key}") for key, value in data.items()}
     return cls(**values)
@@ -319,7 +392,7 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         if value in args:
             return value
         raise UserError(
-            f"config key {path!r} got {value!r}; choose from: {', '.join(map(str, args))}"
+            f"config key {path!r} got {shown(value)}; choose from: {', '.join(map(str, args))}"
         )
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -331,16 +404,16 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
             except UserError as err:
                 errors.append(str(err))
         raise UserError(
-            errors[0] if len(errors) == 1 else f"config key {path!r}: bad value {value!r}"
+            errors[0] if len(errors) == 1 else f"config key {path!r}: bad value {shown(value)}"
         )
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key {path!r} expects a list, got {value!r}")
+            raise UserError(f"config key {path!r} expects a list, got {shown(value)}")
         item = args[0] if args else Any
         return tuple(coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise UserError(f"config key {path!r} expects a mapping, got {value!r}")
+            raise UserError(f"config key {path!r} expects a mapping, got {shown(value)}")
         return {k: coerce(v, args[1], f"{path}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return build(tp, value, path)
@@ -362,7 +435,7 @@ def _scalar(value: Any, tp: type, path: str) -> Any:
                 pass
     if tp is str and isinstance(value, str):
         return value
-    raise UserError(f"config key {path!r} expects {tp.__name__}, got {value!r}")
+    raise UserError(f"config key {path!r} expects {tp.__name__}, got {shown(value)}")
 
 
 # Ranges of the shared sections' keys: (holds, what the value must be).
@@ -424,10 +497,10 @@ def check_ranges(cfg: RunConfig) -> None:
             if holds is None and isinstance(value, float):
                 holds, rule = (math.isfinite, "a finite number")
             if holds is not None and isinstance(value, (int, float)) and not holds(value):
-                raise UserError(f"config key {key!r} must be {rule}, got {value!r}")
+                raise UserError(f"config key {key!r} must be {rule}, got {shown(value)}")
     if not cfg.output.root:
         raise UserError("config key 'output.root' must name a folder, got ''")
     if cfg.output.run_id is not None:
         problem = run_id_problem(cfg.output.run_id)
         if problem:
-            raise UserError(f"config key 'output.run_id' got {cfg.output.run_id!r}: {problem}")
+            raise UserError(f"config key 'output.run_id' got {shown(cfg.output.run_id)}: {problem}")

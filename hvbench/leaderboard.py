@@ -8,7 +8,9 @@ as such, and bits/dim only appear where the data are discrete.
 from __future__ import annotations
 
 import csv
+import html
 import io
+import json
 import math
 import os
 import sys
@@ -25,7 +27,7 @@ from hvbench import aggregate, published
 from hvbench.aggregate import Spread
 from hvbench.atomic import write_text
 from hvbench.config import PRECISION_NAMES, EvalConfig
-from hvbench.errors import UserError
+from hvbench.errors import UserError, shown
 from hvbench.metric_table import definition, key
 from hvbench.results import MalformedRecord, load_metrics, metrics_versions, read_status, run_status
 
@@ -144,8 +146,11 @@ def run_dirs(root: Path) -> list[Path]:
 
 def load_runs(root: Path) -> list[dict[str, Any]]:
     """The latest metrics record of every finished run: the ranked ones. A record that cannot
-    be read or shown is skipped with one warning line naming the file."""
+    be read or shown is skipped with one warning line naming the file; so is one that names
+    another folder than its own (a renamed or copied run folder: the board and the report find
+    a run's files by its record) or repeats a record already loaded (a copy, counted once)."""
     runs = []
+    seen: dict[str, Path] = {}
     for run_dir in run_dirs(root):
         if run_status(run_dir) != "finished":
             continue
@@ -157,8 +162,21 @@ def load_runs(root: Path) -> list[dict[str, Any]]:
             _warn(str(err))
             continue
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
-            _warn(f"{metrics_versions(run_dir)[-1]}: cannot be shown ({type(err).__name__}: {err})")
+            _warn(f"{metrics_versions(run_dir)[-1]}: cannot be shown ({type(err).__name__}: {shown(str(err))})")
             continue
+        path = metrics_versions(run_dir)[-1]
+        claimed = "/".join(shown(run[k]).strip("'") for k in ("task", "model", "run_id"))
+        if (run["task"], run["model"], run["run_id"]) != run_dir.parts[-3:]:
+            _warn(f"{path}: it is the record of run {claimed} but lies in {run_dir} (renamed or copied?)")
+            continue
+        identity = json.dumps({**run, "run_id": None}, sort_keys=True, default=str)
+        if identity in seen:
+            _warn(f"{path}: the same record as {seen[identity]} (a copied run folder)")
+            continue
+        seen[identity] = path
+        elbo = run["metrics"].get(key("elbo_nats", _report_split(run)))
+        if isinstance(elbo, float) and not math.isfinite(elbo):
+            print(f"hvbench: warning: {path}: its ELBO is {elbo}: shown, not ranked", file=sys.stderr)
         runs.append(run)
     return runs
 
@@ -204,11 +222,9 @@ def _reference(m: dict[str, Any], info: dict[str, Any]) -> tuple[float | None, s
 
 
 def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run, best ELBO first within a task; a missing or non-finite ELBO last."""
     out = [_run_row(run) for run in runs]
-    return sorted(
-        out,
-        key=lambda r: (r["task"], -(r["elbo_nats"] if r["elbo_nats"] is not None else -math.inf)),
-    )
+    return sorted(out, key=lambda r: (r["task"], -aggregate.rank_value(r["elbo_nats"])))
 
 
 def _run_row(run: dict[str, Any]) -> dict[str, Any]:
@@ -308,8 +324,15 @@ def _fmt(value: Any) -> str:
 
 def _markdown(header: list[str], table: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in table]
+    lines += ["| " + " | ".join(map(_md_cell, cells)) + " |" for cells in table]
     return "\n".join(lines)
+
+
+def _md_cell(text: str) -> str:
+    """A table cell as Markdown text: a record's `|` would split the row and its HTML would
+    render (a data source or run id is whatever a metrics.json says)."""
+    text = html.escape(" ".join(text.split()), quote=False)
+    return text.replace("|", "\\|")
 
 
 def _csv(fieldnames: list[str], records: list[dict[str, Any]]) -> str:
@@ -335,34 +358,56 @@ LEGEND = (
 
 
 def _legend(root: Path, main: list[dict[str, Any]]) -> list[str]:
-    """What the columns mean, from the metric table, with the runs' own eval settings."""
-    settings = []
-    for r in main:
-        config = aggregate.run_config(Path(root) / "runs" / r["task"] / r["model"] / r["run_id"])
-        settings.append({**asdict(EvalConfig()), **((config or {}).get("eval") or {})})
-    unique = [dict(t) for t in dict.fromkeys(tuple(sorted(e.items())) for e in settings)]
-    lines = [f"- **{title}**: {definition(name, (unique or [asdict(EvalConfig())])[0])}" for title, name in LEGEND]
+    """What the columns mean, from the metric table, with the eval settings the runs' numbers
+    were computed with (a re-evaluation's, not config.yaml's); where configs differ in them,
+    each config hash is listed with its settings."""
+    by_config: dict[str, dict[str, Any]] = {}
+    for config in _evaluated_configs(root, main).values():
+        section = (config or {}).get("eval")
+        settings = {**asdict(EvalConfig()), **(section if isinstance(section, dict) else {})}
+        name = aggregate.config_hash(config) if config is not None else "(no config.yaml)"
+        by_config.setdefault(name, settings)
+    unique = [dict(t) for t in dict.fromkeys(tuple(sorted(e.items())) for e in by_config.values())]
+    first = (unique or [asdict(EvalConfig())])[0]
+    lines = [f"- **{title}**: {definition(name, first)}" for title, name in LEGEND]
     if len(unique) > 1:
-        lines.append("- Runs differ in their eval settings; the values above are the first run's.")
+        lines.append("- Runs differ in their eval settings; the values above are the first's. By config:")
+        lines += [
+            f"  - {name}: " + ", ".join(f"eval.{k}={shown(v)}" for k, v in sorted(settings.items()))
+            for name, settings in by_config.items()
+        ]
     return ["−ELBO per dim is bits/dim for 8-bit data under a discrete likelihood, nats/dim otherwise.", *lines]
 
 
+def _evaluated_configs(
+    root: Path, main: list[dict[str, Any]]
+) -> dict[tuple[str, str, str], dict[str, Any] | None]:
+    """Each run's config as its latest numbers were computed (aggregate.evaluated_config)."""
+    configs = {}
+    for r in main:
+        run_dir = Path(root) / "runs" / r["task"] / r["model"] / r["run_id"]
+        try:
+            config = aggregate.evaluated_config(run_dir, load_metrics(run_dir))
+        except MalformedRecord:  # changed on disk since the board read it
+            config = aggregate.run_config(run_dir)
+        configs[(r["task"], r["model"], r["run_id"])] = config
+    return configs
+
+
 def seed_rows(root: Path, main: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The board over seeds: one row per task, model and config (hvbench.aggregate)."""
-    configs = {
-        (r["task"], r["model"], r["run_id"]): aggregate.run_config(
-            Path(root) / "runs" / r["task"] / r["model"] / r["run_id"]
-        )
-        for r in main
-    }
-    return aggregate.over_seeds(main, configs)
+    """The board over seeds: one row per task, model and config as evaluated, so a seed
+    re-evaluated with other eval settings is never averaged with the others (hvbench.aggregate)."""
+    return aggregate.over_seeds(main, _evaluated_configs(root, main))
 
 
 def cells(r: dict[str, Any], columns: tuple[tuple[str, str], ...]) -> list[str]:
-    """A row's values as shown, −ELBO per dim with its unit."""
+    """A row's values as shown, −ELBO per dim with its unit, an ELBO that is NaN or infinite
+    marked as not ranked."""
+    unranked = r.get("elbo_nats") is not None and aggregate.ranked_value(r["elbo_nats"]) is None
     return [
         _fmt(r.get(key))
         + (f" {r['nll_unit']}" if key == "nll_per_dim" and r.get(key) is not None else "")
+        + (" (not ranked)" if key == "elbo_nats" and unranked else "")
         for key, _ in columns
     ]
 
@@ -420,14 +465,7 @@ def build(
         "",
         _markdown(
             header,
-            [
-                [
-                    _fmt(r[key])
-                    + (f" {r['nll_unit']}" if key == "nll_per_dim" and r[key] is not None else "")
-                    for key, _ in COLUMNS
-                ]
-                for r in main
-            ],
+            [cells(r, COLUMNS) for r in main],
         ),
         "",
         "## Latent groups",

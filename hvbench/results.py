@@ -28,7 +28,7 @@ import yaml
 
 from hvbench import __version__
 from hvbench.atomic import write_json, write_new, write_text
-from hvbench.errors import UserError
+from hvbench.errors import UserError, shown
 
 LIBRARIES = ("torch", "accelerate", "wandb", "datasets", "numpy")
 STATUSES = ("running", "finished", "failed", "interrupted")
@@ -36,6 +36,7 @@ STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"  # version 1; each re-evaluation adds metrics.v2.json, v3, ...
 _SAFE_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _VERSION = re.compile(r"metrics\.v([1-9][0-9]*)\.json")
+FLOAT_MAX = 1.7976931348623157e308
 
 
 class RunFailed(Exception):
@@ -231,6 +232,10 @@ def read_record(path: Path) -> dict[str, Any]:
         raise MalformedRecord(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as err:
         raise MalformedRecord(f"{path}: not JSON ({err.msg}, line {err.lineno})") from None
+    except ValueError as err:  # an integer of more digits than Python converts
+        raise MalformedRecord(f"{path}: not a record ({shown(str(err))})") from None
+    except RecursionError:
+        raise MalformedRecord(f"{path}: nested too deeply to be a record") from None
     except OSError as err:
         raise MalformedRecord(f"{path}: cannot be read ({err.strerror})") from None
     problem = _record_problem(record)
@@ -250,7 +255,9 @@ def _record_problem(record: Any) -> str | None:
         return "has no 'metrics' mapping"
     for key, value in metrics.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            return f"metric {key!r} is {value!r}, not a number"
+            return f"metric {shown(key)} is {shown(value)}, not a number"
+        if isinstance(value, int) and abs(value) > FLOAT_MAX:  # NaN and ±inf are shown as such
+            return f"metric {shown(key)} is an integer beyond any float ({shown(value)})"
     if not isinstance(info, dict):
         return "has no 'run' mapping"
     splits = info.get("eval_splits")

@@ -513,6 +513,8 @@ def _run_info(
         # the weights scored: "ema" (train.ema_rate's moving average) or "raw" (the last step's)
         "weights": "ema" if cfg.train.ema_rate > 0 else "raw",
         "estimators": next(iter(evaluations.values())).estimators,
+        # what these numbers were computed with: a re-evaluation changes it, not config.yaml
+        "eval": cfg.to_dict()["eval"],
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.time() - started, 1),
         "provenance": provenance(),
