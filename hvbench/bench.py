@@ -16,6 +16,7 @@ optimiser step), with the loop's own speed options applied the same way.
 from __future__ import annotations
 
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -29,6 +30,7 @@ from hvbench.config import TrainConfig, build, read_yaml, section_overrides
 from hvbench.device import device_name, peak_memory_mb, synchronize
 from hvbench.errors import UserError
 from hvbench.probe import CLOCKS, CONV_BATCH, DTYPES, count_flops, cpu_features, machine_rates
+from hvbench.progress import StepReporter
 from hvbench.registry import MODELS
 from hvbench.task import Likelihood, TaskSpec
 from hvbench.train import with_speed_options
@@ -241,23 +243,33 @@ def run_matrix(
                     cells.append(cell)
                     steppers.append(Stepper(model, entry.spec, cell, device))
     probes: dict[str, list] = {p: [] for p in dict.fromkeys(["no", *precisions])}
-    for r in range(rounds):
-        for precision, found in probes.items():
-            found.append(machine_rates(precision, device, probe_seconds, probe_batch, timer))
-        order = list(zip(cells, steppers, strict=True))
-        for cell, step in order if r % 2 == 0 else reversed(order):
-            if r == 0:
-                _warm(cell, step, warmup, device)
-            times = []
-            for _ in range(steps):
-                start = timer()
-                step()
-                synchronize(device)
-                times.append(timer() - start)
-            cell.step_ms += [1000 * t for t in times]
-            cell.round_images_per_s.append(cell.batch_size * steps / sum(times))
-            if device.type == "cuda" and r == 0:
-                cell.peak_memory_mb = peak_memory_mb(device)
+    # progress on stderr: stdout ends with one JSON line per cell, which scripts read
+    reporter = StepReporter(
+        rounds * (len(probes) + len(cells)), True, "bench", lines=10, stream=sys.stderr
+    )
+    done = 0
+    with reporter:
+        for r in range(rounds):
+            for precision, found in probes.items():
+                found.append(machine_rates(precision, device, probe_seconds, probe_batch, timer))
+                done += 1
+                reporter.update(done)
+            order = list(zip(cells, steppers, strict=True))
+            for cell, step in order if r % 2 == 0 else reversed(order):
+                if r == 0:
+                    _warm(cell, step, warmup, device)
+                times = []
+                for _ in range(steps):
+                    start = timer()
+                    step()
+                    synchronize(device)
+                    times.append(timer() - start)
+                cell.step_ms += [1000 * t for t in times]
+                cell.round_images_per_s.append(cell.batch_size * steps / sum(times))
+                if device.type == "cuda" and r == 0:
+                    cell.peak_memory_mb = peak_memory_mb(device)
+                done += 1
+                reporter.update(done)
     return BenchReport(
         machine={
             "device": device_name(device),

@@ -29,6 +29,7 @@ from hvbench.metrics import (
     nats_to_bits_per_dim,
     split_half_activity,
 )
+from hvbench.progress import StepReporter
 from hvbench.task import TaskData
 
 DISENTANGLEMENT_METRICS = (
@@ -175,19 +176,46 @@ def evaluate_split(
     timed_images, timed_seconds = 0, 0.0
     starts = range(0, len(index), cfg.batch_size)
     warmup = min(cfg.throughput_warmup, len(starts) - 1)  # always time at least one batch
-    for b, start in enumerate(starts):
-        x = images[index[start : start + cfg.batch_size]].to(accelerator.device)
-        t0 = time.perf_counter()
-        batch = _BatchDraws(passes, exact)
-        for _ in range(passes):
-            batch.add(model(x))
-        if b >= warmup:
-            synchronize(accelerator.device)
-            timed_seconds += time.perf_counter() - t0
-            timed_images += real_rows(n, accelerator, start, len(x))
-        analytic = batch.analytic
-        for name, value in batch.means().items():
-            rows.setdefault(name, []).append(value)
+    iwae_batches = -(-len(shard(_iwae_limit(len(images), cfg), accelerator)) // cfg.batch_size)
+    total = len(starts) + (iwae_batches if cfg.iwae_k > 0 else 0)
+    reporter = StepReporter(total, accelerator.is_main_process, f"evaluate {split}", lines=4)
+    with reporter:
+        for b, start in enumerate(starts):
+            x = images[index[start : start + cfg.batch_size]].to(accelerator.device)
+            t0 = time.perf_counter()
+            batch = _BatchDraws(passes, exact)
+            for _ in range(passes):
+                batch.add(model(x))
+            if b >= warmup:
+                synchronize(accelerator.device)
+                timed_seconds += time.perf_counter() - t0
+                timed_images += real_rows(n, accelerator, start, len(x))
+            analytic = batch.analytic
+            for name, value in batch.means().items():
+                rows.setdefault(name, []).append(value)
+            reporter.update(b + 1)
+        return _split_metrics(
+            model, task, split, accelerator, cfg, n, rows, analytic, exact, passes, reporter,
+            timed_images, timed_seconds,
+        )  # fmt: skip
+
+
+def _split_metrics(
+    model: torch.nn.Module,
+    task: TaskData,
+    split: str,
+    accelerator: Accelerator,
+    cfg: EvalConfig,
+    n: int,
+    rows: dict[str, list[Tensor]],
+    analytic: dict[str, bool],
+    exact: bool,
+    passes: int,
+    reporter: StepReporter,
+    timed_images: int,
+    timed_seconds: float,
+) -> SplitEvaluation:
+    """evaluate_split's metrics from the batches' draws; the IWAE batches report progress."""
 
     def gathered(name: str) -> Tensor:
         return gather_rows(accelerator, torch.cat(rows[name]), n).cpu()
@@ -213,7 +241,7 @@ def evaluate_split(
         accelerator, timed_images, timed_seconds
     )
     if cfg.iwae_k > 0:
-        metrics.update(_iwae_metrics(model, task, split, accelerator, cfg, elbo))
+        metrics.update(_iwae_metrics(model, task, split, accelerator, cfg, elbo, reporter))
     units = {g: _unit_record(d, activities[g], conditionals[g]) for g, d in draws.items()}
     described = estimators(cfg, passes, exact)
     return SplitEvaluation(metrics, units, post_means, notes, described, factor_unit)
@@ -395,6 +423,7 @@ def _iwae_metrics(
     accelerator: Accelerator,
     cfg: EvalConfig,
     elbo: Tensor,
+    reporter: StepReporter,
 ) -> dict[str, float]:
     """log (1/k) Σ_j p(x, z_j)/q(z_j|x) per example on the split's first `iwae_examples`, with
     the ELBO of exactly those examples beside it (`elbo` holds the split's per-example ELBOs).
@@ -403,13 +432,16 @@ def _iwae_metrics(
     `log_weights` keeps memory flat in k itself (latents.importance_log_weights).
     """
     images = task.splits[split]
-    limit = min(filter(None, (len(images), cfg.max_examples, cfg.iwae_examples)))
+    limit = _iwae_limit(len(images), cfg)
     index = shard(limit, accelerator)
     bounds = []
+    done = reporter.total - (-(-len(index) // cfg.batch_size))
     for start in range(0, len(index), cfg.batch_size):
         x = images[index[start : start + cfg.batch_size]].to(accelerator.device)
         log_w = model.log_weights(x, cfg.iwae_k).double()
         bounds.append(torch.logsumexp(log_w, dim=1) - math.log(cfg.iwae_k))
+        done += 1
+        reporter.update(done)
     iwae = gather_rows(accelerator, torch.cat(bounds), limit).cpu()
     mean, subset_elbo = float(iwae.mean()), float(elbo[:limit].mean())
     return {
@@ -419,6 +451,11 @@ def _iwae_metrics(
         key("iwae_k", split): cfg.iwae_k,
         key("iwae_examples", split): limit,
     }
+
+
+def _iwae_limit(examples: int, cfg: EvalConfig) -> int:
+    """How many of a split's first examples the IWAE bound is computed on."""
+    return min(filter(None, (examples, cfg.max_examples, cfg.iwae_examples)))
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from types import TracebackType
+from typing import TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -32,14 +33,27 @@ def summarise(record: dict[str, float]) -> str:
 
 
 class StepReporter:
-    """Context manager reporting training steps; silent on non-main processes."""
+    """Context manager reporting steps of long work; silent on non-main processes.
 
-    def __init__(self, total: int, enabled: bool, description: str = "train"):
+    Off a terminal, a line is printed with each record given and, with `lines`, at each
+    1/`lines` of the total with the time left: a log of a long evaluation says how far it is.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        enabled: bool,
+        description: str = "train",
+        lines: int = 0,
+        stream: TextIO | None = None,
+    ):
         self.total, self.enabled, self.description = total, enabled, description
-        self.interactive = enabled and sys.stdout.isatty()
-        self.console = Console()
+        self.stream = stream or sys.stdout
+        self.interactive = enabled and self.stream.isatty()
+        self.console = Console(file=self.stream)
         self.progress: Progress | None = None
         self.start = time.perf_counter()
+        self.marks = [round(total * i / lines) for i in range(1, lines + 1)] if lines else []
 
     def __enter__(self) -> StepReporter:
         if self.interactive:
@@ -66,6 +80,17 @@ class StepReporter:
             elapsed = time.perf_counter() - self.start
             print(
                 f"[{self.description}] step {step}/{self.total}  {summarise(record)}  ({elapsed:.0f}s)",
+                file=self.stream,
+                flush=True,
+            )
+        elif self.marks and step >= self.marks[0]:
+            while self.marks and step >= self.marks[0]:
+                self.marks.pop(0)
+            elapsed = time.perf_counter() - self.start
+            left = elapsed * (self.total - step) / max(step, 1)
+            print(
+                f"[{self.description}] {step}/{self.total}  {elapsed:.0f}s, about {left:.0f}s left",
+                file=self.stream,
                 flush=True,
             )
 

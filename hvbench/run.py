@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from safetensors import SafetensorError
 
-from hvbench import disentanglement, figures
+from hvbench import disentanglement, figures, outcome
 from hvbench.atomic import write_atomic, write_json, write_new
 from hvbench.checkpoint import (
     EMA_FILE,
@@ -129,6 +129,7 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
     """Train (from the latest checkpoint when `run_dir` is an existing run) and evaluate."""
     started = time.time()
     accelerator = make_accelerator(cfg.train.precision)
+    _announce("run", cfg, accelerator)
     set_seed(cfg.train.seed)
     task = load_task(cfg)
     model = build_model(cfg, task)
@@ -207,11 +208,11 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
                     cfg, task, accelerator, evaluations, metrics, run_id, result.steps, started
                 )
                 write_json(run_dir / METRICS_FILE, record)
-                tracker.log(metrics, result.steps)
-                tracker.log_figures(figure_paths, result.steps)
-                tracker.summarise(metrics)
+                tracker.final(metrics, figure_paths, result.steps)
+                if cfg.wandb.log_model:
+                    tracker.log_model(run_dir / WEIGHTS_FILE, record["metrics"])
             status("finished", steps)
-            tracker.finish()
+            wandb_where = tracker.finish()
         except BaseException as err:
             if tracker is not None:
                 tracker.finish(exit_code=1)
@@ -226,9 +227,20 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
                 raise
             raise reported from None
     accelerator.wait_for_everyone()
-    accelerator.print(f"run finished: {run_dir}")
+    if main:
+        print(f"run finished: {run_dir}")
+        print("\n".join(outcome.result_lines(record, run_dir / METRICS_FILE, wandb_where)))
     accelerator.end_training()
     return run_dir
+
+
+def _announce(what: str, cfg: RunConfig, accelerator: Accelerator) -> None:
+    """The start line (device, processes, precision, threads) and a launcher warning, once."""
+    if accelerator.is_main_process:
+        print(outcome.start_line(what, cfg.task_name, cfg.model_name, cfg.train.precision, accelerator))
+        warning = outcome.launcher_warning(accelerator.num_processes)
+        if warning:
+            print(warning, file=sys.stderr)
 
 
 def _mark_stopped(
@@ -325,6 +337,7 @@ def reevaluate(run_dir: Path, overrides: list[str], checkpoint: int | None = Non
     previous = load_metrics(run_dir)
     started = time.time()
     accelerator = make_accelerator(cfg.train.precision)
+    _announce("eval", cfg, accelerator)
     set_seed(cfg.train.seed)
     task = load_task(cfg)
     model = build_model(cfg, task)
@@ -358,7 +371,9 @@ def reevaluate(run_dir: Path, overrides: list[str], checkpoint: int | None = Non
         _safe_figures(unwrapped, task, evaluations, [], figures_dir(path), cfg)
     path = Path(broadcast_object_list([str(path)])[0])
     accelerator.wait_for_everyone()
-    accelerator.print(f"re-evaluated {run_dir}: {path.name}")
+    if accelerator.is_main_process:
+        print(f"re-evaluated {run_dir}: {path.name}")
+        print("\n".join(outcome.result_lines(record, path)))
     accelerator.end_training()
     return path
 
@@ -381,6 +396,7 @@ def _evaluate_checkpoint(run_dir: Path, cfg: RunConfig, overrides: list[str], st
         raise UserError(f"{path} exists already; remove it to evaluate step {step} again")
     started = time.time()
     accelerator = make_accelerator(cfg.train.precision)
+    _announce("eval", cfg, accelerator)
     task = load_task(cfg)
     model = build_model(cfg, task)
     # an EMA run is scored on its average, at every checkpoint as at the end
@@ -409,7 +425,9 @@ def _evaluate_checkpoint(run_dir: Path, cfg: RunConfig, overrides: list[str], st
         figures = run_dir / f"figures.step-{step:08d}"
         _safe_figures(accelerator.unwrap_model(model), task, evaluations, [], figures, cfg)
     accelerator.wait_for_everyone()
-    accelerator.print(f"evaluated step {step} of {run_dir}: {path.name}")
+    if accelerator.is_main_process:
+        print(f"evaluated step {step} of {run_dir}: {path.name}")
+        print("\n".join(outcome.result_lines(record, path)))
     accelerator.end_training()
     return path
 

@@ -8,8 +8,11 @@ credentials exist (env or ~/.netrc), else offline; an online start that fails
 
 In W&B a run is grouped as its users compare runs: `group` = the sweep (or the
 task), `job_type` = the model, tags for precision, device kind and config name.
-Every curve shares one step axis (`step`, declared with `define_metric`), and
-the summary holds the final test metrics under the same names as metrics.json.
+Every curve shares one step axis (`step`, declared with `define_metric`; the
+validation ELBO's summary is its best value). The final test and perf numbers
+are in the summary only, under the same names as metrics.json, never in the
+history (where each would be a one-point chart); the figures are logged once,
+as media. `wandb.log_model: true` adds the final weights as a model artifact.
 
 A resumed run continues its W&B run: the W&B id is drawn once, kept in the run
 folder (`wandb-id`), and handed back with `resume="allow"`; offline, each resume
@@ -41,6 +44,9 @@ HISTORY = "history.jsonl"
 WANDB_ID = "wandb-id"  # the run's W&B id, so a resume logs into the same W&B run
 _WANDB_ID_CHARS = re.compile(r"[a-z0-9_-]{1,64}")
 MAX_TAG = 64  # W&B refuses longer tags
+_ARTIFACT_CHARS = re.compile(r"[^A-Za-z0-9_.-]")  # what W&B allows in an artifact's name
+# the curves whose summary is their best value, not their last (the runs table sorts by it)
+SUMMARIES = {"val/elbo_nats": "max", "train/loss": "min"}
 
 
 def has_credentials() -> bool:
@@ -96,7 +102,8 @@ def init_kwargs(cfg: RunConfig, run_dir: Path, run_id: str, device: str) -> dict
         "project": cfg.wandb.project,
         "entity": cfg.wandb.entity,
         "dir": str(run_dir),
-        "name": run_id,
+        "name": cfg.wandb.name or run_id,
+        "notes": cfg.wandb.notes,
         "id": wandb_id(run_dir),
         "resume": "allow",
         "group": group_name(cfg),
@@ -132,6 +139,8 @@ class Tracker:
             self.run = wandb.init(mode="offline", settings=self._settings(), **kwargs)
         self.run.define_metric(STEP)
         self.run.define_metric("*", step_metric=STEP)
+        for name, summary in SUMMARIES.items():  # the runs table shows the best, not the last
+            self.run.define_metric(name, step_metric=STEP, summary=summary)
 
     @staticmethod
     def _settings() -> wandb.Settings:
@@ -147,19 +156,52 @@ class Tracker:
         if self.run is not None:
             self.run.log({**{k: v for k, v in metrics.items() if _loggable(v)}, STEP: step})
 
-    def log_figures(self, figures: dict[str, Path], step: int) -> None:
-        if self.run is not None and figures:
+    def final(self, metrics: dict[str, Any], figures: dict[str, Path], step: int) -> None:
+        """The run's result: one row of history.jsonl; in W&B the numbers go to the summary
+        only (one value each, not a one-point chart) and the figures are logged once, as
+        media at the last step."""
+        if self.history is not None:
+            row = {STEP: step, **{k: _finite_or_none(v) for k, v in metrics.items()}}
+            with open(self.history, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if self.run is None:
+            return
+        if figures:
             images = {f"figures/{name}": wandb.Image(str(path)) for name, path in figures.items()}
             self.run.log({**images, STEP: step})
+        self.run.summary.update({k: v for k, v in metrics.items() if _loggable(v)})
 
-    def summarise(self, metrics: dict[str, Any]) -> None:
-        if self.run is not None:
-            self.run.summary.update({k: v for k, v in metrics.items() if _loggable(v)})
+    def log_model(self, weights: Path, metadata: dict[str, Any]) -> None:
+        """The final weights as a W&B model artifact (`wandb.log_model`, off by default:
+        every run would upload its weights)."""
+        if self.run is None:
+            return
+        artifact = wandb.Artifact(
+            _ARTIFACT_CHARS.sub("-", f"{self.run.job_type}-{self.run.name}")[:128],
+            type="model",
+            metadata={k: v for k, v in metadata.items() if _loggable(v) or isinstance(v, str)},
+        )
+        artifact.add_file(str(weights))
+        self.run.log_artifact(artifact, aliases=["final"])
 
-    def finish(self, exit_code: int = 0) -> None:
-        if self.run is not None:
-            self.run.finish(exit_code=exit_code)
-            self.run = None
+    def where(self) -> str | None:
+        """Where the W&B run went: its URL online; offline, its folder and the upload command
+        (the run's console output is off, so W&B itself says nothing)."""
+        if self.run is None:
+            return None
+        if self.mode == "offline":
+            folder = self.run.settings.sync_dir
+            return f"W&B offline run {folder}; upload it with: wandb sync {folder}"
+        return f"W&B run {self.run.url}"
+
+    def finish(self, exit_code: int = 0) -> str | None:
+        """End the W&B run; returns `where` it went (None without one)."""
+        if self.run is None:
+            return None
+        where = self.where()
+        self.run.finish(exit_code=exit_code)
+        self.run = None
+        return where
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:

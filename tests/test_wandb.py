@@ -1,13 +1,16 @@
-"""W&B: what a run hands to the real wandb (offline, no network), captured at the call.
+"""W&B: what a run hands to the real wandb (offline, no network), captured at the call, and
+what the offline run's own log holds when read back.
 
 The fixture wraps the real `wandb.init`, `Run.log`, `Run.define_metric` and the
 summary's `update`: each call is recorded and then passes through to wandb, so
-the run is a real offline run and nothing reads W&B's own files back.
+the run is a real offline run.
 """
 
 from __future__ import annotations
 
+import io
 import json
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from hvbench.config import resolve
 from hvbench.run import execute
 from hvbench.tracking import Tracker, init_kwargs, read_history, resolve_mode
 from tests.conftest import CONFIGS
+from tests.wandb_log import history_and_summary, records
 
 SMOKE = CONFIGS / "smoke" / "toy-vae.yaml"
 
@@ -70,24 +74,63 @@ def test_offline_run_hands_wandb_what_metrics_json_holds(
     assert init["config"]["train"]["seed"] == 0 and init["config"]["output"]["sweep"] == "smoke"
 
     assert ("*", {"step_metric": "step"}) in wandb_calls["define_metric"]
+    assert ("val/elbo_nats", {"step_metric": "step", "summary": "max"}) in wandb_calls["define_metric"]
     rows = wandb_calls["log"]
     assert all("step" in row for row in rows)
     steps = [row["step"] for row in rows if "train/loss" in row]
     assert steps == [10, 15, 20, 30]  # log_every=10 plus the eval_every=15 validation
     assert any("val/elbo_nats" in row for row in rows)
-    figures = {k: v for row in rows for k, v in row.items() if k.startswith("figures/")}
-    assert "figures/samples" in figures
-    assert all(isinstance(v, wandb.Image) for v in figures.values())
+    (figures,) = [row for row in rows if any(k.startswith("figures/") for k in row)]  # once
+    assert "figures/samples" in figures and figures["step"] == 30
+    assert all(isinstance(v, wandb.Image) for k, v in figures.items() if k != "step")
 
     (summary,) = wandb_calls["summary"]
-    logged = {k: v for row in rows for k, v in row.items()}
     for key in ("test/elbo_nats", "test/iwae_nats", "test/collapse_rate", "perf/train_images_per_s"):
         assert summary[key] == pytest.approx(metrics[key], rel=1e-9), key
-        assert logged[key] == pytest.approx(metrics[key], rel=1e-9), key
+    assert not any(k.startswith(("test/", "perf/")) for row in rows for k in row)
 
     history = read_history(run_dir)
     assert [row["step"] for row in history if "train/loss" in row] == steps
     assert history[-1]["test/elbo_nats"] == pytest.approx(metrics["test/elbo_nats"])
+
+
+def test_an_offline_runs_own_log_keeps_test_numbers_in_the_summary_only(tmp_path: Path) -> None:
+    """What `wandb sync` would upload, read back from the run's own .wandb file: curves in the
+    history, the test and perf numbers only in the summary, the figures once, the model
+    artifact when asked for, and the end of the run saying where it went."""
+    cfg = resolve(
+        config_file=SMOKE,
+        overrides=[
+            "wandb.mode=offline",
+            f"output.root={tmp_path / 'results'}",
+            "output.figures=true",
+            "wandb.log_model=true",
+            "wandb.name=smoke run",
+            "train.steps=10",
+        ],
+    )
+    out = io.StringIO()
+    with redirect_stdout(out):
+        run_dir = execute(cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    rows, summary = history_and_summary(log)
+    keys = {k for row in rows for k in row}
+    assert "train/loss" in keys and "val/elbo_nats" in keys
+    assert not [k for k in keys if k.startswith(("test/", "perf/"))]
+    assert sum(any(k.startswith("figures/samples") for k in row) for row in rows) == 1
+    for key in ("test/elbo_nats", "test/conditional_active_units", "perf/train_images_per_s"):
+        assert summary[key] == pytest.approx(metrics[key], rel=1e-9), key
+    assert set(summary["val/elbo_nats"]) == {"max"}  # the best validation ELBO
+    kinds = [r.WhichOneof("record_type") for r in records(log)]
+    assert "artifact" in kinds
+    (run,) = [r.run for r in records(log) if r.WhichOneof("record_type") == "run"]
+    assert run.display_name == "smoke run"
+
+    text = out.getvalue()
+    assert text.startswith("hvbench run toy-corr/vae: cpu")
+    assert f"record: {run_dir / 'metrics.json'}" in text and "test: ELBO " in text
+    assert f"upload it with: wandb sync {log.parent}" in text
 
 
 def test_init_arguments_group_by_sweep_or_task_and_tag_precision(tmp_path: Path) -> None:
