@@ -42,7 +42,7 @@ SAMPLER_FILE = "sampler.safetensors"
 EMA_FILE = "ema.safetensors"
 # train keys added after checkpoints existed, with the default that means "off": left out of
 # the fingerprint at that default, so a run checkpointed before the key existed still resumes
-LATER_TRAIN_KEYS = {"ema_rate": 0.0}
+LATER_TRAIN_KEYS = {"ema_rate": 0.0, "optimizer": "adam"}
 FORMAT = 1
 _NAME = re.compile(r"step-([0-9]{8})")
 

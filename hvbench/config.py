@@ -33,6 +33,8 @@ class TrainConfig:
     epochs: float | None = None  # when set, steps = epochs · len(train) / batch_size
     batch_size: int = 128
     lr: float = 1e-3
+    # Adam; Adamax (Adam's ∞-norm variant), which Efficient-VDVAE trains with at large gradient norms
+    optimizer: Literal["adam", "adamax"] = "adam"
     seed: int = 0
     precision: Literal["no", "bf16", "fp16"] = "no"
     w_rec: float = 1.0

@@ -134,7 +134,8 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
     task = load_task(cfg)
     model = build_model(cfg, task)
     parameters = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    optimizers = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
+    optimizer = optimizers[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
     set_seed(cfg.train.seed, device_specific=True)  # each process draws its own noise
 
