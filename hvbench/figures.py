@@ -1,14 +1,17 @@
 """The pictures a run leaves behind: what people look at before the numbers.
 
-Reconstructions, prior samples, histograms of posterior means, KL per unit
-(grouped, with the collapse threshold drawn), training curves, and the
-factor × unit |Spearman| matrix. Each function writes one PNG atomically and
-returns its path.
+Reconstructions, prior samples, histograms of posterior means (with the
+prior for reference), KL per unit (grouped, with the collapse threshold
+drawn), training curves, and the factor × unit |Spearman| matrix (inactive
+units marked). Units are named `group[i]` in every figure. Each function
+writes one PNG atomically (small: the report inlines them) and returns its
+path.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.patches import Rectangle
 from torch import Tensor
 
 from hvbench.atomic import write_atomic
@@ -50,10 +54,20 @@ def _tile(images: Tensor, columns: int) -> Tensor:
 
 def _show(ax: plt.Axes, mosaic: Tensor) -> None:
     if mosaic.shape[-1] == 1:
-        ax.imshow(mosaic[..., 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(mosaic[..., 0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     else:
-        ax.imshow(mosaic.numpy())
+        ax.imshow(mosaic.numpy(), interpolation="nearest")
     ax.axis("off")
+
+
+def _mosaic_figure(mosaic: Tensor) -> tuple[plt.Figure, plt.Axes]:
+    """A figure showing `mosaic` at a whole number of screen pixels per image pixel, about 520
+    wide: sharp without interpolation, and a small PNG (upscaled blur compresses badly)."""
+    height, width = mosaic.shape[:2]
+    scale = max(1, round(520 / width))
+    dpi = 100
+    fig, ax = plt.subplots(figsize=(width * scale / dpi, height * scale / dpi + 0.3), dpi=dpi)
+    return fig, ax
 
 
 def reconstruction_grid(
@@ -64,21 +78,25 @@ def reconstruction_grid(
     pairs = []
     for start in range(0, n, columns):
         pairs += [originals[start : start + columns], reconstructions[start : start + columns]]
-    fig, ax = plt.subplots(figsize=(columns, len(pairs)))
-    _show(ax, _tile(torch.cat(pairs), columns))
-    ax.set_title("originals (odd rows) and reconstructions (even rows)")
+    mosaic = _tile(torch.cat(pairs), columns)
+    fig, ax = _mosaic_figure(mosaic)
+    _show(ax, mosaic)
+    ax.set_title("originals (odd rows) and reconstructions (even rows)", fontsize=9)
     return _save(fig, path)
 
 
 def sample_grid(samples: Tensor, path: Path, columns: int = 8) -> Path:
-    fig, ax = plt.subplots(figsize=(columns, -(-len(samples) // columns)))
-    _show(ax, _tile(samples, columns))
-    ax.set_title("samples from the prior (decoder means)")
+    mosaic = _tile(samples, columns)
+    fig, ax = _mosaic_figure(mosaic)
+    _show(ax, mosaic)
+    ax.set_title("samples from the prior (decoder means)", fontsize=9)
     return _save(fig, path)
 
 
 def latent_histograms(post_means: dict[str, Tensor], path: Path, max_panels: int = 24) -> Path:
-    """Histogram of E_q[z_u | x] over the split for the first units of each group."""
+    """Histogram of E_q[z_u | x] over the split for the first units of each group, with the
+    standard normal drawn for reference (a root group's prior; scaled to each panel's peak):
+    a unit whose means sit in a narrow spike barely moves with x."""
     panels = []
     for group, means in post_means.items():
         flat = means.flatten(2).mean(-1) if means.dim() > 2 else means
@@ -86,29 +104,50 @@ def latent_histograms(post_means: dict[str, Tensor], path: Path, max_panels: int
         panels += [(f"{group}[{u}]", flat[:, u]) for u in range(min(flat.shape[1], per_group))]
     columns = min(6, len(panels))
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 1.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(2.3 * columns, 2.0 * rows + 0.6), squeeze=False, layout="constrained"
+    )
     for ax, (name, values) in zip(axes.flat, panels, strict=False):
-        ax.hist(values.float().numpy(), bins=40, color="tab:blue")
+        v = values.float().numpy()
+        low, high = min(float(v.min()), -3.0), max(float(v.max()), 3.0)
+        heights, _, _ = ax.hist(v, bins=40, color="tab:blue", density=True, zorder=2)
+        grid = torch.linspace(low, high, 200)
+        prior = torch.exp(-0.5 * grid**2)  # N(0, 1) up to its constant: scaled to the peak below
+        ax.plot(grid.numpy(), (prior * float(max(heights.max(), 1e-12))).numpy(), color="0.5", lw=1)
+        ax.set_xlim(low, high)
         ax.set_title(name, fontsize=8)
+        ax.set_xlabel("E_q[z_u | x]", fontsize=6, labelpad=1)
         ax.tick_params(labelsize=6)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("density", fontsize=7)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
-    fig.suptitle("posterior means over the evaluation split")
+    fig.suptitle(
+        "posterior means over the evaluation split (blue); grey: N(0, 1), a root group's prior, "
+        "scaled to the peak",
+        fontsize=9,
+    )
     return _save(fig, path)
 
 
-def kl_per_unit(units: dict[str, dict[str, Any]], threshold: float, path: Path) -> Path:
-    """Bars of mean KL per unit, one colour per group; units under the threshold are collapsed.
+def kl_per_unit(
+    units: dict[str, dict[str, Any]], threshold: float, path: Path, max_labels: int = 64
+) -> Path:
+    """Bars of mean KL per unit, named `group[i]` as in the other figures, one colour per
+    group; units under the threshold are collapsed.
 
-    A group whose term is a single-sample rate (not a KL: it can be negative) is drawn
-    hatched and labelled as a rate, so no reader takes it for a KL.
+    The y axis is logarithmic down to a floor a decade under the smallest unit (linear below
+    it, so a zero or a negative rate term still shows): no unit's bar hides at the bottom. A
+    group whose term is a single-sample rate (not a KL: it can be negative) is drawn hatched
+    and labelled as a rate, so no reader takes it for a KL.
     """
 
     def terms(stats: dict[str, Any]) -> list[float]:
         return stats["kl_nats"] if "kl_nats" in stats else stats["rate_nats"]
 
-    fig, ax = plt.subplots(figsize=(max(6, 0.12 * sum(len(terms(u)) for u in units.values())), 3))
-    offset = 0
+    names = [f"{g}[{i}]" for g, stats in units.items() for i in range(len(terms(stats)))]
+    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(names) + 2), 3.2))
+    offset, smallest = 0, threshold
     for i, (group, stats) in enumerate(units.items()):
         values, rate = terms(stats), "kl_nats" not in stats
         ax.bar(
@@ -119,9 +158,14 @@ def kl_per_unit(units: dict[str, dict[str, Any]], threshold: float, path: Path) 
             label=f"{group} (rate term, not a KL)" if rate else group,
         )
         offset += len(values)
+        smallest = min([smallest, *(abs(v) for v in values if v)])
+    floor = 10 ** math.floor(math.log10(max(smallest, 1e-8))) / 10
     ax.axhline(threshold, color="k", linestyle="--", linewidth=0.8, label=f"collapse < {threshold}")
-    ax.set_yscale("symlog", linthresh=threshold)
-    ax.set_xlabel("latent unit (spatial groups: one bar per channel)")
+    ax.set_yscale("symlog", linthresh=floor)
+    ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+    every = -(-len(names) // max_labels)
+    ax.set_xticks(range(0, len(names), every), names[::every], rotation=90, fontsize=7)
+    ax.set_xlabel("latent unit (a spatial group's unit is a channel)")
     ax.set_ylabel("KL or rate term (nats)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
@@ -133,7 +177,7 @@ def training_curves(history: list[dict[str, float]], path: Path) -> Path:
     for ax, key, title in zip(
         axes,
         ("train/loss", "train/elbo_nats", "train/kl_nats"),
-        ("loss", "ELBO (nats)", "KL (nats)"),
+        ("training loss (β, w_rec, free bits applied)", "ELBO", "KL, all groups"),
         strict=True,
     ):
         ax.plot(steps, [h.get(key, float("nan")) for h in history], label="train")
@@ -142,25 +186,40 @@ def training_curves(history: list[dict[str, float]], path: Path) -> Path:
             if val:
                 ax.plot(*zip(*val, strict=True), "o-", label="val")
                 ax.legend(fontsize=7)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
+        ax.set_ylabel("nats per example")
+    fig.tight_layout()
     return _save(fig, path)
 
 
 def factor_unit_matrix(
-    matrix: Tensor, factor_names: list[str], unit_names: list[str], path: Path
+    matrix: Tensor,
+    factor_names: list[str],
+    unit_names: list[str],
+    path: Path,
+    inactive: list[bool] | None = None,
 ) -> Path:
     """Heatmap of |Spearman| between every ground-truth factor and every latent unit.
 
     The "which unit encodes which concept" picture: a disentangled model shows
-    one bright cell per row; a collapsed unit is a dark column.
+    one bright cell per row. An inactive unit (Burda's criterion: its E_q[z|x]
+    barely moves with x) can still rank with a factor, |ρ| ≈ 0.9 on a tiny
+    range, so its column is hatched and its name greyed: read it as "no code".
     """
     k, d = matrix.shape
-    fig, ax = plt.subplots(figsize=(min(24, max(4, 0.35 * d + 2)), min(16, max(2, 0.4 * k + 1))))
+    inactive = inactive or [False] * d
+    fig, ax = plt.subplots(figsize=(min(24, max(4, 0.35 * d + 2)), min(16, max(2.4, 0.4 * k + 1.4))))
     image = ax.imshow(matrix.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for j in (j for j, off in enumerate(inactive) if off):
+        ax.add_patch(Rectangle((j - 0.5, -0.5), 1, k, fill=False, hatch="//", ec=(1, 1, 1, 0.5), lw=0))
     ax.set_yticks(range(k), factor_names, fontsize=8)
+    ax.set_ylabel("factor")
     every = -(-d // MAX_UNIT_LABELS)  # past that many units, label every n-th
     ax.set_xticks(range(0, d, every), unit_names[::every], rotation=90, fontsize=7)
-    ax.set_xlabel("latent unit")
+    for label, off in zip(ax.get_xticklabels(), inactive[::every], strict=True):
+        if off:
+            label.set_color("0.55")
+    ax.set_xlabel("latent unit" + (" (hatched, grey: inactive)" if any(inactive) else ""))
     fig.colorbar(image, ax=ax, label="|Spearman ρ|")
     return _save(fig, path)

@@ -615,5 +615,6 @@ def _figures(
                 list(task.factor_names),
                 disentanglement.unit_names(e.post_means),
                 folder / f"factor_unit_{name}.png",
+                [a <= cfg.eval.au_threshold for g in e.post_means for a in e.units[g]["activity"]],
             )
     return paths
