@@ -56,6 +56,8 @@ class SplitEvaluation:
     # (factors, units) |Spearman ρ| of E_q[z | x], units as in disentanglement.unit_names;
     # only for a task with ground-truth factors on this split
     factor_unit: Tensor | None = None
+    # summary name -> its groups, from the model's `group_summaries` (e.g. VDVAE's per resolution)
+    summaries: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -231,8 +233,11 @@ def _split_metrics(
     post_means = {g: d.post_mean for g, d in draws.items()}
 
     notes: dict[str, str] = {}
+    summaries = {k: list(v) for k, v in getattr(model, "group_summaries", {}).items()}
     metrics = _likelihood_metrics(split, elbo, log_px, task)
-    metrics.update(_collapse_metrics(split, draws, activities, conditionals, cfg, notes))
+    metrics.update(
+        _collapse_metrics(split, draws, activities, conditionals, cfg, notes, summaries)
+    )
     scores, factor_unit = _disentanglement_metrics(
         split, task, post_means, activities, cfg.au_threshold, n, notes
     )
@@ -244,7 +249,7 @@ def _split_metrics(
         metrics.update(_iwae_metrics(model, task, split, accelerator, cfg, elbo, reporter))
     units = {g: _unit_record(d, activities[g], conditionals[g]) for g, d in draws.items()}
     described = estimators(cfg, passes, exact)
-    return SplitEvaluation(metrics, units, post_means, notes, described, factor_unit)
+    return SplitEvaluation(metrics, units, post_means, notes, described, factor_unit, summaries)
 
 
 def estimators(cfg: EvalConfig, passes: int, exact: bool) -> dict[str, str]:
@@ -323,9 +328,12 @@ def _collapse_metrics(
     conditionals: dict[str, Activity],
     cfg: EvalConfig,
     notes: dict[str, str],
+    summaries: dict[str, list[str]],
 ) -> dict[str, float]:
     """Per group and overall: active, uncertain and conditionally active units; KL collapse over
-    the analytic groups only, and each analytic group's share of their total KL."""
+    the analytic groups only, and each analytic group's share of their total KL. Each of the
+    model's `summaries` (a name and its groups: VDVAE's dozens of groups per resolution) gets the
+    same per-group keys, its groups pooled, so a board can show a few rows instead of dozens."""
     out: dict[str, float] = {}
     stats = {
         g: group_collapse(
@@ -348,6 +356,11 @@ def _collapse_metrics(
             notes[key("kl_collapse_rate", split, g)] = (
                 "n/a: a rate term, not a KL (the group is inferred before its prior's parents)"
             )
+    for name, members in summaries.items():
+        if name in stats:
+            raise ValueError(f"group summary {name!r} has the name of a latent group")
+        pooled = _pooled([stats[g] for g in members], analytic_kl)
+        out.update({key(metric, split, name): value for metric, value in pooled.items()})
     units = sum(s["units"] for s in stats.values())
     counted = [s for s in stats.values() if "kl_nats" in s]
     for name in ("active_units", "uncertain_units", "conditional_active_units"):
@@ -365,6 +378,27 @@ def _collapse_metrics(
     )
     if not kl_units:
         notes[key("kl_collapse_rate", split)] = "n/a: no group has an analytic KL"
+    return out
+
+
+def _pooled(groups: list[dict[str, float]], analytic_kl: float) -> dict[str, float]:
+    """Several groups' collapse numbers as one group's: counts summed, rates over their units
+    (KL collapse over the analytic ones), KL and its share summed."""
+    out = {
+        name: sum(s[name] for s in groups)
+        for name in ("units", "active_units", "uncertain_units", "conditional_active_units")
+    }
+    out["collapse_rate"] = 1.0 - out["active_units"] / out["units"]
+    out["conditional_collapse_rate"] = 1.0 - out["conditional_active_units"] / out["units"]
+    counted = [s for s in groups if "kl_nats" in s]
+    if counted:
+        kl = sum(s["kl_nats"] for s in counted)
+        kl_units = sum(s["units"] for s in counted)
+        out["kl_nats"] = kl
+        out["kl_collapse_rate"] = sum(s["kl_collapse_rate"] * s["units"] for s in counted) / kl_units
+        out["kl_share"] = kl / analytic_kl if analytic_kl else 0.0
+    if len(counted) < len(groups):
+        out["rate_nats"] = sum(s["rate_nats"] for s in groups if "rate_nats" in s)
     return out
 
 

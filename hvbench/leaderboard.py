@@ -282,13 +282,17 @@ def _reevaluated_with(run: dict[str, Any]) -> str | None:
 
 def group_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per latent group; `term` says whether its KL is analytic or a rate term, and a
-    rate term's KL-collapse is n/a (no KL to compare with the threshold)."""
+    rate term's KL-collapse is n/a (no KL to compare with the threshold). A record with
+    `group_summaries` (VDVAE's dozens of groups) gets one row per summary instead (a
+    resolution's groups pooled); metrics.json keeps every group's numbers."""
     out = []
     for run in runs:
         split = _report_split(run)
         m = run["metrics"]
-        for group, detail in run["units"].get(split, {}).items():
-            analytic = detail.get("analytic", True)
+        units = run["units"].get(split, {})
+        summaries = dict(run.get("group_summaries") or [(g, [g]) for g in units])
+        for group, members in summaries.items():
+            analytic = all(units[g].get("analytic", True) for g in members)
             row = {k: m.get(key(k, split, group)) for k in GROUP_COLUMNS[6:]}
             if not analytic:
                 row["kl_collapse_rate"] = "n/a (rate term)"

@@ -298,7 +298,11 @@ def _record(
     steps: int,
     started: float,
 ) -> dict[str, Any]:
-    """A metrics record: what metrics.json (and each re-evaluation's version) holds."""
+    """A metrics record: what metrics.json (and each re-evaluation's version) holds. A model
+    with dozens of latent groups also lists its `group_summaries`, [summary, its groups] pairs
+    in the model's order (JSON objects come back sorted), whose pooled numbers sit under the
+    summary's name beside the groups' own metric keys."""
+    summaries = next(iter(evaluations.values())).summaries
     return {
         "task": cfg.task_name,
         "model": cfg.model_name,
@@ -307,6 +311,7 @@ def _record(
         "units": {split: e.units for split, e in evaluations.items()},
         "notes": {k: v for e in evaluations.values() for k, v in e.notes.items()},
         "factor_unit": _factor_unit_record(task, evaluations),
+        **({"group_summaries": [[k, v] for k, v in summaries.items()]} if summaries else {}),
         "run": _run_info(cfg, task, accelerator, steps, started, evaluations),
     }
 
