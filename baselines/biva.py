@@ -43,6 +43,7 @@ from hvbench.latents import (
     draw,
 )
 from hvbench.likelihoods import get_likelihood
+from hvbench.options import AT_LEAST_1, option
 from hvbench.registry import register_model
 from hvbench.task import TaskSpec
 
@@ -50,7 +51,7 @@ from hvbench.task import TaskSpec
 @dataclass(frozen=True)
 class BIVAConfig(StagesConfig):
     merge_kernel: int = 3  # kernel of the block merging TD features with d (official: 3)
-    mixtures: int = 10  # logistic mixture components (dlogistic tasks only)
+    mixtures: int = option(10, range=AT_LEAST_1)  # logistic mixture components (dlogistic tasks only)
 
     def __post_init__(self) -> None:
         super().__post_init__()

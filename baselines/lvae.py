@@ -35,13 +35,14 @@ from hvbench.latents import (
     merge_precision_weighted,
 )
 from hvbench.likelihoods import get_likelihood
+from hvbench.options import AT_LEAST_1, option
 from hvbench.registry import register_model
 from hvbench.task import TaskSpec
 
 
 @dataclass(frozen=True)
 class LVAEConfig(StagesConfig):
-    mixtures: int = 10  # logistic mixture components (dlogistic tasks only)
+    mixtures: int = option(10, range=AT_LEAST_1)  # logistic mixture components (dlogistic tasks only)
 
 
 class LadderVAE(AncestralModel):

@@ -29,21 +29,22 @@ from hvbench.blocks import (
 )
 from hvbench.latents import AncestralModel, DiagonalGaussian, LatentSample, draw
 from hvbench.likelihoods import get_likelihood
+from hvbench.options import AT_LEAST_1, option
 from hvbench.registry import register_model
 from hvbench.task import TaskSpec
 
 
 @dataclass(frozen=True)
 class VAEConfig:
-    latent_dim: int = 10
-    channels: int = 32  # conv width at every resolution (Burgess: 32)
-    hidden: int = 256  # width of the two dense layers
-    mixtures: int = 10  # logistic mixture components (dlogistic tasks only)
+    latent_dim: int = option(10, range=AT_LEAST_1)
+    channels: int = option(32, range=AT_LEAST_1)  # conv width at every resolution (Burgess: 32)
+    hidden: int = option(256, range=AT_LEAST_1)  # width of the two dense layers
+    mixtures: int = option(10, range=AT_LEAST_1)  # logistic mixture components (dlogistic tasks only)
 
 
 @dataclass(frozen=True)
 class StackedVAEConfig(StagesConfig):
-    mixtures: int = 10  # logistic mixture components (dlogistic tasks only)
+    mixtures: int = option(10, range=AT_LEAST_1)  # logistic mixture components (dlogistic tasks only)
 
 
 def halving_sizes(height: int, width: int) -> list[tuple[int, int]]:

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from hvbench.errors import UserError
 from hvbench.latents import AncestralModel, DiagonalGaussian, LatentSample, draw
 from hvbench.likelihoods import get_likelihood
+from hvbench.options import AT_LEAST_1, option
 from hvbench.registry import register_model
 from hvbench.task import TaskSpec
 
@@ -71,7 +72,7 @@ class VDVAEConfig:
     # the prior block's last conv starts at zero (VDVAE; Efficient-VDVAE found it makes no
     # difference and leaves it off): each block then starts as the identity with p = N(0, I)
     zero_prior: bool = True
-    mixtures: int = 10  # logistic mixture components (dlogistic tasks only)
+    mixtures: int = option(10, range=AT_LEAST_1)  # logistic mixture components (dlogistic tasks only)
 
 
 def auto_layout(image: int, per_res: int) -> tuple[str, str]:

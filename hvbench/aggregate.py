@@ -2,7 +2,8 @@
 
 Runs belong together when they share task, model and configuration, the seed
 and the bookkeeping keys (where a run is written and logged, how often it
-checkpoints) aside, and report the same split and IWAE k. A number is only a
+checkpoints) aside, and report the same split and IWAE k. Which keys those are
+is declared on the config fields (`hvbench/options.py`). A number is only a
 result with its spread: the sample standard deviation over seeds (n − 1), shown
 only from two seeds on.
 """
@@ -19,8 +20,9 @@ from typing import Any, NamedTuple
 
 import yaml
 
-# config keys that change where or how a run is recorded, never what it computes
-NOT_CONFIG = {"output": None, "wandb": None, "train": ("seed", "checkpoint_every", "keep_checkpoints")}
+from hvbench.config import config_part
+from hvbench.options import names_configuration
+
 # row fields that identify a group rather than measure it; `eval` is a re-evaluation's
 # changed eval settings, so differently evaluated seeds are never averaged together
 GROUP_BY = ("task", "model", "config", "split", "iwae_k", "eval")
@@ -45,15 +47,9 @@ def columns(per_run: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """Eight hex digits naming what a run computes (its config without seed and bookkeeping)."""
-    kept = {}
-    for section, value in config.items():
-        dropped = NOT_CONFIG.get(section, ())
-        if dropped is None:
-            continue
-        if isinstance(value, dict) and dropped:
-            value = {k: v for k, v in value.items() if k not in dropped}
-        kept[section] = value
+    """Eight hex digits naming what a run computes: the fields of its config that name the
+    configuration (`options.names_configuration`: neither the seed nor bookkeeping)."""
+    kept = config_part(config, names_configuration)
     text = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 

@@ -34,29 +34,24 @@ from accelerate.utils import load as accelerate_load
 from safetensors.torch import load_file, save_file
 
 from hvbench.atomic import publish_folder, sync_folder
+from hvbench.config import config_part
 from hvbench.errors import UserError
+from hvbench.options import changes_weights
 
 FOLDER = "checkpoints"
 STATE_FILE = "hvbench_state.json"
 SAMPLER_FILE = "sampler.safetensors"
 EMA_FILE = "ema.safetensors"
-# train keys added after checkpoints existed, with the default that means "off": left out of
-# the fingerprint at that default, so a run checkpointed before the key existed still resumes
-LATER_TRAIN_KEYS = {"ema_rate": 0.0, "optimizer": "adam"}
 FORMAT = 1
 _NAME = re.compile(r"step-([0-9]{8})")
 
 
 def fingerprint(config: dict[str, Any]) -> str:
-    """What determines the trained weights: the task, model and training keys, without where the
-    checkpoints go. A checkpoint records it, so one from another run is refused."""
-    where = ("checkpoint_every", "keep_checkpoints")
-    train = {
-        k: v
-        for k, v in config["train"].items()
-        if k not in where and not (k in LATER_TRAIN_KEYS and v == LATER_TRAIN_KEYS[k])
-    }
-    relevant = {"task": config["task"], "model": config["model"], "train": train}
+    """What determines the trained weights: the fields that change them
+    (`options.changes_weights`; a field added later is left out at the value older runs meant,
+    so their checkpoints still resume). A checkpoint records it, so one from another run is
+    refused."""
+    relevant = config_part(config, changes_weights)
     text = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -9,7 +9,6 @@ this module only knows the sections every run shares.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import types
 import typing
@@ -21,6 +20,21 @@ from typing import Any, Literal
 import yaml
 
 from hvbench.errors import UserError, shown
+from hvbench.options import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    FINITE,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED,
+    Option,
+    Range,
+    at_absent_value,
+    declared,
+    of,
+    option,
+)
 from hvbench.registry import MODELS, TASKS
 from hvbench.results import run_id_problem
 
@@ -29,68 +43,82 @@ from hvbench.results import run_id_problem
 class TrainConfig:
     """Optimisation and the training objective (docs/design.md §5)."""
 
-    steps: int = 2000
-    epochs: float | None = None  # when set, steps = epochs · len(train) / batch_size
-    batch_size: int = 128
-    lr: float = 1e-3
-    # Adam; Adamax (Adam's ∞-norm variant), which Efficient-VDVAE trains with at large gradient norms
-    optimizer: Literal["adam", "adamax"] = "adam"
-    seed: int = 0
+    steps: int = option(2000, range=AT_LEAST_1)
+    epochs: float | None = option(None, range=POSITIVE)  # when set, steps = epochs · len(train) / batch_size
+    batch_size: int = option(128, range=AT_LEAST_1)
+    lr: float = option(1e-3, range=POSITIVE)
+    # Adam; Adamax (Adam's ∞-norm variant), which Efficient-VDVAE trains with at large gradient
+    # norms. Runs from before the key existed used Adam.
+    optimizer: Literal["adam", "adamax"] = option("adam", absent_means="adam")
+    seed: int = option(0, range=SEED, seed=True)
     precision: Literal["no", "bf16", "fp16"] = "no"
-    w_rec: float = 1.0
-    beta: float = 1.0
+    w_rec: float = option(1.0, range=POSITIVE)
+    beta: float = option(1.0, range=NON_NEGATIVE)
     beta_schedule: Literal["constant", "linear", "cyclical"] = "constant"
-    warmup_steps: int = 0  # linear: steps to reach beta; cyclical: ramp length per cycle
-    cycle_steps: int = 0  # cyclical: period of the schedule
-    free_bits: float = 0.0  # nats per latent group, on the batch-mean KL
-    grad_clip: float = 0.0  # 0 disables clipping
-    eval_every: int = 500  # periodic validation ELBO, in steps
-    val_examples: int = 2000  # examples used by each periodic validation
-    log_every: int = 50
-    checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
-    keep_checkpoints: int = 2  # the newest this many are kept
+    warmup_steps: int = option(0, range=AT_LEAST_0)  # linear: steps to reach beta; cyclical: ramp length per cycle
+    cycle_steps: int = option(0, range=AT_LEAST_0)  # cyclical: period of the schedule
+    free_bits: float = option(0.0, range=NON_NEGATIVE)  # nats per latent group, on the batch-mean KL
+    grad_clip: float = option(0.0, range=NON_NEGATIVE)  # 0 disables clipping
+    eval_every: int = option(500, range=AT_LEAST_1)  # periodic validation ELBO, in steps
+    val_examples: int = option(2000, range=AT_LEAST_1)  # examples used by each periodic validation
+    log_every: int = option(50, range=AT_LEAST_1)
+    checkpoint_every: int = option(1000, range=AT_LEAST_1, affects="nothing", resume=True)  # steps between checkpoints (one is always written at the end)
+    keep_checkpoints: int = option(2, range=AT_LEAST_1, affects="nothing", resume=True)  # the newest this many are kept
     # a step whose gradient norm exceeds this is skipped, as VDVAE's skip_threshold; 0 disables
-    skip_threshold: float = 0.0
-    max_skip_fraction: float = 0.01  # more skipped steps than this fails the run
+    skip_threshold: float = option(0.0, range=NON_NEGATIVE)
+    max_skip_fraction: float = option(0.01, range=FRACTION)  # more skipped steps than this fails the run
     channels_last: bool = False  # NHWC activations: oneDNN's and tensor cores' preferred layout
     compile: bool = False  # torch.compile the model's forward (minutes of compiling first)
-    # weights' moving average (VDVAE: 0.9999), scored by the final evaluation; 0 disables
-    ema_rate: float = 0.0
+    # weights' moving average (VDVAE: 0.9999), scored by the final evaluation; 0 disables (and
+    # is what runs from before the average existed meant)
+    ema_rate: float = option(
+        0.0, range=Range(lambda v: 0 <= v < 1, "a fraction in [0, 1) (0: no average)"), absent_means=0.0
+    )
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Final evaluation on the task's evaluation splits (docs/design.md §6)."""
+    """Final evaluation on the task's evaluation splits (docs/design.md §6): it changes the
+    scores, never the trained weights, so `hvbench eval` may change any of it."""
 
-    batch_size: int = 500
-    max_examples: int | None = None  # cap per split, for smoke runs
-    iwae_k: int = 1000  # importance samples for the IWAE bound; 0 disables
-    iwae_examples: int | None = None  # cap on examples for IWAE (it costs k forward passes)
-    au_samples: int = 32  # ancestral draws estimating E_q[z|x] of hierarchies, split in two halves
-    au_threshold: float = 0.01
-    kl_collapse_threshold: float = 0.01
-    throughput_warmup: int = 2  # batches excluded from the images/s measurement
+    batch_size: int = option(500, range=AT_LEAST_1, affects="scores")
+    max_examples: int | None = option(None, range=AT_LEAST_1, affects="scores")  # cap per split, for smoke runs
+    iwae_k: int = option(1000, range=AT_LEAST_0, affects="scores")  # importance samples for the IWAE bound; 0 disables
+    iwae_examples: int | None = option(None, range=AT_LEAST_1, affects="scores")  # cap on examples for IWAE (it costs k forward passes)
+    # ancestral draws estimating E_q[z|x] of hierarchies, split in two halves: at least one each,
+    # as the unbiased activity estimator needs both
+    au_samples: int = option(32, range=Range(lambda v: v >= 2, "an integer >= 2"), affects="scores")
+    au_threshold: float = option(0.01, range=NON_NEGATIVE, affects="scores")
+    kl_collapse_threshold: float = option(0.01, range=NON_NEGATIVE, affects="scores")
+    throughput_warmup: int = option(2, range=AT_LEAST_0, affects="scores")  # batches excluded from the images/s measurement
+
+
+# Where a run is logged changes nothing it computes: every key may change on resume.
+_LOGGING: dict[str, Any] = {"affects": "nothing", "resume": True}
 
 
 @dataclass(frozen=True)
 class WandbConfig:
-    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
-    project: str = "hvbench"
-    entity: str | None = None
-    group: str | None = None  # default: the run's sweep, else its task
-    tags: tuple[str, ...] = ()  # added to the automatic precision / device / config tags
-    name: str | None = None  # the W&B run's display name; default: the run id
-    notes: str | None = None  # the W&B run's description
-    log_model: bool = False  # upload model.safetensors as a W&B model artifact at the end
+    mode: Literal["auto", "online", "offline", "disabled"] = option("auto", **_LOGGING)
+    project: str = option("hvbench", **_LOGGING)
+    entity: str | None = option(None, **_LOGGING)
+    group: str | None = option(None, **_LOGGING)  # default: the run's sweep, else its task
+    tags: tuple[str, ...] = option((), **_LOGGING)  # added to the automatic precision / device / config tags
+    name: str | None = option(None, **_LOGGING)  # the W&B run's display name; default: the run id
+    notes: str | None = option(None, **_LOGGING)  # the W&B run's description
+    log_model: bool = option(False, **_LOGGING)  # upload model.safetensors as a W&B model artifact at the end
 
 
 @dataclass(frozen=True)
 class OutputConfig:
-    root: str = "results"
-    run_id: str | None = None  # default: <UTC time>-<seed>-<short random>
-    figures: bool = True
-    sweep: str | None = None  # the sweep this run belongs to (`hvbench sweep` sets it)
-    config_name: str | None = None  # the config file it started from; resolve() fills it in
+    """Where a run is written: nothing it computes. A resumed run stays where it is, in its
+    sweep, under its name; only whether it draws figures may change."""
+
+    root: str = option("results", affects="nothing")
+    run_id: str | None = option(None, affects="nothing")  # default: <UTC time>-<seed>-<short random>
+    figures: bool = option(True, affects="nothing", resume=True)
+    sweep: str | None = option(None, affects="nothing")  # the sweep this run belongs to (`hvbench sweep` sets it)
+    config_name: str | None = option(None, affects="nothing")  # the config file it started from; resolve() fills it in
 
 
 @dataclass(frozen=True)
@@ -125,6 +153,48 @@ _SHARED_SECTIONS = {
     "output": OutputConfig,
 }
 SECTIONS = ("task", "model", *_SHARED_SECTIONS)
+
+
+def section_options(section: str, name: Any = None) -> dict[str, Option]:
+    """Field name → `Option` of a config section; `name` is the task's or model's name (an
+    unknown one, e.g. a plug-in no longer installed, declares nothing: every key is kept)."""
+    if section in _SHARED_SECTIONS:
+        return declared(_SHARED_SECTIONS[section])
+    registry = {"task": TASKS, "model": MODELS}.get(section)
+    if registry is None or not isinstance(name, str) or name not in registry.names():
+        return {}
+    return declared(registry.get(name).config)
+
+
+def config_part(config: dict[str, Any], keep: Callable[[Option], bool]) -> dict[str, Any]:
+    """The part of a config (config.yaml's shape) whose fields `keep` accepts: what the config
+    hash and the checkpoint fingerprint are computed from. A task's and a model's `name` is
+    always kept, a key no field declares counts as changing the weights, a field at its
+    `absent_means` value is left out, and so is a section left empty."""
+    out: dict[str, Any] = {}
+    for section, values in config.items():
+        if not isinstance(values, dict):
+            out[section] = values
+            continue
+        fields = section_options(section, values.get("name"))
+        kept = {}
+        for key, value in values.items():
+            what = fields.get(key, Option())
+            identity = key == "name" and section in ("task", "model")
+            if identity or (keep(what) and not at_absent_value(what, value)):
+                kept[key] = value
+        if kept:
+            out[section] = kept
+    return out
+
+
+def key_options(cfg: RunConfig) -> dict[str, Option]:
+    """`section.field` → `Option` of every field of a resolved config."""
+    return {
+        f"{section}.{name}": what
+        for section in SECTIONS
+        for name, what in declared(type(getattr(cfg, section))).items()
+    }
 
 
 def configs_dir() -> Path:
@@ -326,12 +396,12 @@ def resolve(
     if unknown:
         bad = sorted(unknown)[0]
         raise UserError(f"unknown config section {shown(bad)}; allowed: {', '.join(SECTIONS)}")
-    for option, given, section in (("--task", task, "task"), ("--model", model, "model")):
+    for flag, given, section in (("--task", task, "task"), ("--model", model, "model")):
         named = _section(raw, section).get("name")
         if given and named is not None and named != given:  # which one was meant is a guess
             where = f"in {config_file}" if config_file else "from --set"
             raise UserError(
-                f"{option} {given} conflicts with {section}.name {shown(named)} {where}; "
+                f"{flag} {given} conflicts with {section}.name {shown(named)} {where}; "
                 "give only one of them"
             )
     task_name = task or _section(raw, "task").get("name")
@@ -440,66 +510,19 @@ def _scalar(value: Any, tp: type, path: str) -> Any:
     raise UserError(f"config key {path!r} expects {tp.__name__}, got {shown(value)}")
 
 
-# Ranges of the shared sections' keys: (holds, what the value must be).
-_INTERVAL = (lambda v: v >= 1, "an integer >= 1")
-_COUNT = (lambda v: v >= 0, "an integer >= 0")
-_POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
-_NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
-_SEED = (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)")
-RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "train.steps": _INTERVAL,
-    "train.epochs": _POSITIVE,
-    "train.batch_size": _INTERVAL,
-    "train.lr": _POSITIVE,
-    "train.seed": _SEED,
-    "train.w_rec": _POSITIVE,
-    "train.beta": _NON_NEGATIVE,
-    "train.warmup_steps": _COUNT,
-    "train.cycle_steps": _COUNT,
-    "train.free_bits": _NON_NEGATIVE,
-    "train.grad_clip": _NON_NEGATIVE,
-    "train.eval_every": _INTERVAL,
-    "train.val_examples": _INTERVAL,
-    "train.log_every": _INTERVAL,
-    "train.checkpoint_every": _INTERVAL,
-    "train.keep_checkpoints": _INTERVAL,
-    "train.skip_threshold": _NON_NEGATIVE,
-    "train.max_skip_fraction": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
-    "train.ema_rate": (lambda v: 0 <= v < 1, "a fraction in [0, 1) (0: no average)"),
-    "eval.batch_size": _INTERVAL,
-    "eval.max_examples": _INTERVAL,
-    "eval.iwae_k": _COUNT,
-    "eval.iwae_examples": _INTERVAL,
-    # two halves of the draws, at least one each: the unbiased activity estimator needs both
-    "eval.au_samples": (lambda v: v >= 2, "an integer >= 2"),
-    "eval.au_threshold": _NON_NEGATIVE,
-    "eval.kl_collapse_threshold": _NON_NEGATIVE,
-    "eval.throughput_warmup": _COUNT,
-}
-# Task and model options declare no ranges of their own: these names mean a count or a size in
-# every built-in task and model (a plug-in checks its other options in __post_init__).
-SIZES = ("n_train", "n_val", "n_test", "image_size", "latent_dim", "channels", "hidden")
-SIZES += ("mixtures", "max_per_split", "subset")
-
-
 def check_ranges(cfg: RunConfig) -> None:
-    """Every value in range before anything is loaded or written: one line naming the key."""
+    """Every value in range before anything is loaded or written: one line naming the key.
+    A number's range is its field's (`options.option(range=...)`); a float without one must
+    be finite."""
     for section in SECTIONS:
         options = getattr(cfg, section)
         for f in dataclasses.fields(options):
             key, value = f"{section}.{f.name}", getattr(options, f.name)
-            if value is None or isinstance(value, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            holds, rule = RANGES.get(key, (None, ""))
-            if holds is None and section in ("task", "model"):
-                if f.name == "seed":
-                    holds, rule = _SEED
-                elif f.name in SIZES:
-                    holds, rule = _INTERVAL
-            if holds is None and isinstance(value, float):
-                holds, rule = (math.isfinite, "a finite number")
-            if holds is not None and isinstance(value, (int, float)) and not holds(value):
-                raise UserError(f"config key {key!r} must be {rule}, got {shown(value)}")
+            limit = of(f).range or (FINITE if isinstance(value, float) else None)
+            if limit is not None and not limit.holds(value):
+                raise UserError(f"config key {key!r} must be {limit.rule}, got {shown(value)}")
     if not cfg.output.root:
         raise UserError("config key 'output.root' must name a folder, got ''")
     if cfg.output.run_id is not None:

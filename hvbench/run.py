@@ -36,10 +36,11 @@ from hvbench.checkpoint import (
     set_rng,
 )
 from hvbench.checkpoint import read_state as read_checkpoint_state
-from hvbench.config import RunConfig, flatten, resolve
+from hvbench.config import RunConfig, flatten, key_options, resolve
 from hvbench.device import device_name, peak_memory_mb
 from hvbench.errors import UserError
 from hvbench.evaluate import SplitEvaluation, evaluate_split, mean_elbo
+from hvbench.options import Option, may_reevaluate, may_resume
 from hvbench.paths import cache_dir
 from hvbench.registry import MODELS, TASKS
 from hvbench.results import (
@@ -73,8 +74,8 @@ from hvbench.train import (
     with_speed_options,
 )
 
-# Keys that never change a run's numbers: `--resume` takes new values for these only.
-RESUME_SAFE = ("train.checkpoint_every", "train.keep_checkpoints", "wandb.", "output.figures")
+# What `--resume` may change: the fields declared so (they never change a run's numbers).
+RESUME_SAFE = may_resume
 WEIGHTS_FILE = "model.safetensors"  # the final weights, for people who only want the model
 # Metrics measured while training: a re-evaluation carries them over from the run's record.
 TRAINING_METRICS = ("perf/train_images_per_s", "train/skipped_steps", "train/overflow_steps")
@@ -103,10 +104,10 @@ def resume(run_dir: Path, overrides: list[str]) -> Path:
 
 
 def saved_config(
-    run_dir: Path, overrides: list[str], allowed: tuple[str, ...], how: str
+    run_dir: Path, overrides: list[str], allowed: Callable[[Option], bool], how: str
 ) -> RunConfig:
     """A run folder's saved config with `overrides`, refusing any that would change what the
-    run's numbers mean (only keys starting with one of `allowed` may change)."""
+    run's numbers mean (only fields whose declaration `allowed` accepts may change)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run folder (it has no config.yaml)")
@@ -115,14 +116,28 @@ def saved_config(
     saved = resolve(config_file=run_dir / "config.yaml")
     cfg = resolve(config_file=run_dir / "config.yaml", overrides=overrides)
     before, after = flatten(saved.to_dict()), flatten(cfg.to_dict())
-    may = ", ".join(k + "*" if k.endswith(".") else k for k in allowed)
+    fields = key_options(cfg)
     for key in sorted(set(before) | set(after)):
-        if before.get(key) != after.get(key) and not key.startswith(allowed):
+        field_key = ".".join(key.split(".")[:2])  # a nested value belongs to its field
+        if before.get(key) != after.get(key) and not allowed(fields.get(field_key, Option())):
             raise UserError(
                 f"{how} cannot change {key} (the run has {before.get(key)!r}, asked "
-                f"{after.get(key)!r}): it would change the run's numbers; {how} may change: {may}"
+                f"{after.get(key)!r}): it would change the run's numbers; {how} may change: "
+                f"{_keys_named(fields, allowed)}"
             )
     return cfg
+
+
+def _keys_named(fields: dict[str, Option], allowed: Callable[[Option], bool]) -> str:
+    """The keys `allowed` accepts, a section whose every key it accepts as `section.*`."""
+    sections: dict[str, list[str]] = {}
+    for key in fields:
+        sections.setdefault(key.split(".")[0], []).append(key)
+    named: list[str] = []
+    for section, keys in sections.items():
+        accepted = [k for k in keys if allowed(fields[k])]
+        named += [f"{section}.*"] if accepted == keys else accepted
+    return ", ".join(named) or "nothing"
 
 
 def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
@@ -326,7 +341,7 @@ def reevaluate(run_dir: Path, overrides: list[str], checkpoint: int | None = Non
     the half-budget one, into `metrics.step-NNNNNNNN.json` and `figures.step-NNNNNNNN/`: numbers
     of a model that is not the run's final one, so the board never reads them."""
     run_dir = Path(run_dir)
-    cfg = saved_config(run_dir, overrides, ("eval.",), "hvbench eval")
+    cfg = saved_config(run_dir, overrides, may_reevaluate, "hvbench eval")
     if checkpoint is not None:
         return _evaluate_checkpoint(run_dir, cfg, overrides, checkpoint)
     state = read_status(run_dir)

@@ -40,6 +40,7 @@ from PIL import Image
 
 from hvbench.atomic import write_json
 from hvbench.errors import UserError
+from hvbench.options import AT_LEAST_1, option
 from hvbench.registry import register_task
 from hvbench.task import TaskData, TaskSpec
 from hvbench.tasks._common import SPLITS, finish_cache, open_hf_dataset, read_meta
@@ -82,7 +83,7 @@ HOW_TO_GET = (
 class CelebAConfig:
     # official folder, 🤗 save_to_disk folder or hub id; None → the last prepared cache
     source: str | None = None
-    max_per_split: int | None = None  # the first N images of each split (smoke runs)
+    max_per_split: int | None = option(None, range=AT_LEAST_1)  # the first N images of each split (smoke runs)
     workers: int = 0  # processes decoding JPEGs while preparing; 0 → one per CPU core
 
 

@@ -34,6 +34,7 @@ import torch
 
 from hvbench.atomic import write_atomic
 from hvbench.errors import UserError
+from hvbench.options import AT_LEAST_1, SEED, option
 from hvbench.registry import register_task
 from hvbench.task import TaskData, TaskSpec
 from hvbench.tasks._common import (
@@ -65,10 +66,10 @@ _SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)
 @dataclass(frozen=True)
 class DSpritesConfig:
     source: str | None = None  # path to the official npz; None → the generated grid
-    subset: int | None = None  # a seeded random subset of the grid (smoke runs); None → all
+    subset: int | None = option(None, range=AT_LEAST_1)  # a seeded random subset of the grid (smoke runs); None → all
     val_fraction: float = 0.05
     test_fraction: float = 0.05
-    seed: int = 0  # subset and split seed
+    seed: int = option(0, range=SEED)  # subset and split seed
 
 
 def unpack(packed: np.ndarray) -> np.ndarray:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from hvbench.errors import UserError
+from hvbench.options import SEED, option
 from hvbench.registry import register_task
 from hvbench.task import Likelihood, TaskData, TaskSpec
 from hvbench.tasks._arrow import MappedImages, column_views
@@ -49,7 +50,7 @@ class FileConfig:
     path: str = ""  # an .npz file, or a folder written by 🤗 save_to_disk
     val_fraction: float = 0.1  # used only when the data have no split labels
     test_fraction: float = 0.1
-    seed: int = 0
+    seed: int = option(0, range=SEED)
     discrete_factors: tuple[str, ...] = ()  # categorical factors, for the disentanglement metrics
     # a 🤗 dataset whose images take more memory than this stays memory-mapped on disk
     memory_limit_mb: float = 2048.0

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from hvbench.errors import UserError
+from hvbench.options import AT_LEAST_1, SEED, option
 from hvbench.registry import register_task
 from hvbench.task import TaskData, TaskSpec
 
@@ -45,12 +46,12 @@ SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 @dataclass(frozen=True)
 class ToyConfig:
-    n_train: int = 20_000
-    n_val: int = 2_000
-    n_test: int = 5_000
-    image_size: int = 32
+    n_train: int = option(20_000, range=AT_LEAST_1)
+    n_val: int = option(2_000, range=AT_LEAST_1)
+    n_test: int = option(5_000, range=AT_LEAST_1)
+    image_size: int = option(32, range=AT_LEAST_1)
     noise: float = 0.05  # pixel noise sd
-    seed: int = 1234
+    seed: int = option(1234, range=SEED)
 
 
 @dataclass(frozen=True)

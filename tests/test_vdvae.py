@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from hvbench.config import build, read_yaml
 from hvbench.errors import UserError
 from hvbench.leaderboard import group_rows, load_runs
 from hvbench.task import TaskSpec
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, REPO
 
 # VDVAE's published CIFAR-10 hyper-parameters (its hps.py `cifar10` over its argparse defaults)
 PAPER = read_yaml(CONFIGS / "paper" / "vdvae.yaml")["model"]
@@ -137,3 +139,29 @@ def test_a_run_summarises_its_groups_per_resolution(tmp_path: Path) -> None:
     assert shares == pytest.approx(1.0)
     (run,) = load_runs(root)
     assert [row["group"] for row in group_rows([run])] == list(summaries)
+
+
+def test_side_by_side_script_runs_through_with_a_stand_in_peer(tmp_path: Path) -> None:
+    """scripts/vdvae_side_by_side.py on a seconds-long net, the official side replaced by a
+    script that prints what vdvae_peer.py prints: ratios within each round, both counts."""
+    peer = tmp_path / "vdvae_peer.py"
+    peer.write_text(
+        "import json\nprint(json.dumps({'hps': 'cifar10', 'parameters': 39145700, "
+        "'images_per_sec': 2.0}))\n"
+    )
+    out = tmp_path / "out"
+    command = [sys.executable, str(REPO / "scripts" / "vdvae_side_by_side.py"), "--peer", str(peer)]
+    command += ["--config", str(CONFIGS / "smoke" / "toy-vdvae.yaml"), "--shape", "3,12,12"]
+    command += ["--rounds", "2", "--batch", "2", "--steps", "1", "--official-steps", "1"]
+    command += ["--warmup", "0", "--threads", "1", "--probe-seconds", "0.02", "--probe-batch", "2"]
+    command += ["--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "vdvae-side-by-side.json").read_text())
+    assert len(record["rounds"]) == 2 and "model" in record["cpu"]
+    for cell in record["rounds"]:
+        assert cell["official_fp32"] == 2.0 and cell["official_parameters"] == 39145700
+        assert cell["fp32_ratio"] == pytest.approx(cell["fp32"] / 2.0)
+        assert cell["bf16_ratio"] == pytest.approx(cell["bf16"] / 2.0)
+    table = (out / "vdvae-side-by-side.md").read_text()
+    assert "| 2.00 |" in table and "39,145,700 / " in table

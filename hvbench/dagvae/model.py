@@ -54,6 +54,7 @@ from hvbench.latents import (
     merge_precision_weighted,
 )
 from hvbench.likelihoods import get_likelihood
+from hvbench.options import AT_LEAST_1, option
 from hvbench.registry import register_model
 from hvbench.task import TaskSpec
 
@@ -88,7 +89,7 @@ class DAGVAEConfig:
     residual: int = 0  # channels of the spatial residual latent group (0: none)
     residual_scale: int = -1
     activation: Activation = "elu"
-    mixtures: int = 10  # logistic mixture components (dlogistic tasks only)
+    mixtures: int = option(10, range=AT_LEAST_1)  # logistic mixture components (dlogistic tasks only)
 
     def __post_init__(self) -> None:
         if self.dag == "nodes":
