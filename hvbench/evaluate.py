@@ -354,7 +354,8 @@ def _collapse_metrics(
             out[key("kl_share", split, g)] = group["kl_nats"] / analytic_kl if analytic_kl else 0.0
         else:
             notes[key("kl_collapse_rate", split, g)] = (
-                "n/a: a rate term, not a KL (the group is inferred before its prior's parents)"
+                "n/a: a rate term, not a KL (the group is inferred before its prior's parents, "
+                "or its q and p have no closed-form KL per unit)"
             )
     for name, members in summaries.items():
         if name in stats:

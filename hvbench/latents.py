@@ -1,10 +1,17 @@
-"""The latent toolkit every model shares: diagonal Gaussians, their KLs, and the
-per-group output structure that metrics and the leaderboard read.
+"""The latent toolkit every model shares: the latent contract, diagonal Gaussians and
+their KLs, and the per-group output structure that metrics and the leaderboard read.
+
+A latent group's posterior q and prior p may be any distribution with `rsample()`,
+`log_prob(z)` and `mean` (`Latent`): the project's `DiagonalGaussian`, any
+`torch.distributions` distribution, or a model's own (a flow, a mixture). A group's
+term is its KL in closed form where one is known unit by unit (`closed_form_kl`),
+otherwise the single-sample rate term log q(z) − log p(z) (`LatentSample`).
 
 Every model returns a `ModelOutput` whose KL is split by latent *group* and,
 inside a group, by *unit* (a dense unit, or a channel of a spatial group with
-its KL summed over positions, as NVAE counts it). Metrics never special-case a
-model because of this one structure.
+its KL summed over positions, as NVAE counts it; a group whose density does not
+factor over its units has one term for the whole group). Metrics never
+special-case a model because of this one structure.
 """
 
 from __future__ import annotations
@@ -12,16 +19,35 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import einops
 import torch
-from torch import Tensor, nn
+from torch import Tensor, distributions, nn
 
 from hvbench.likelihoods import LikelihoodHead, soft_clamp
 
 LOG_2PI = math.log(2 * math.pi)
 # NVAE clamps μ and log σ to [−5, 5] so a KL cannot blow up under mixed precision.
 PARAM_BOUND = 5.0
+
+
+class Latent(Protocol):
+    """What a latent group's q or p must offer (torch.distributions' distributions do)."""
+
+    def rsample(self) -> Tensor:
+        """A reparameterised draw, shaped like the group's z."""
+        ...
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """The log density at z: per element (shaped like z) when it factors over the
+        group's elements, else per example with the group's dimensions summed."""
+        ...
+
+    @property
+    def mean(self) -> Tensor:
+        """E[z], shaped like z: what the activity metrics read."""
+        ...
 
 
 @dataclass
@@ -43,6 +69,10 @@ class DiagonalGaussian:
         zeros = torch.zeros(shape, device=device)
         return cls(zeros, zeros)
 
+    @property
+    def mean(self) -> Tensor:
+        return self.mu
+
     def rsample(self) -> Tensor:
         return self.mu + torch.exp(self.log_sigma) * torch.randn_like(self.mu)
 
@@ -62,9 +92,39 @@ def kl_divergence(q: DiagonalGaussian, p: DiagonalGaussian) -> Tensor:
     return 0.5 * (var_ratio + mean_term - 1.0) - (q.log_sigma - p.log_sigma)
 
 
+def closed_form_kl(q: Latent, p: Latent) -> Tensor | None:
+    """KL(q ‖ p) per element in closed form, or None where none is known element by element:
+    the project's own Gaussian pair, else a pair `torch.distributions.kl_divergence` knows
+    (its registry, which a model may extend with `register_kl`). A KL known only for the
+    whole group (e.g. two full-covariance Gaussians) says nothing about the units, whose KL
+    the collapse metrics count, so such a group carries the rate term instead."""
+    if isinstance(q, DiagonalGaussian) and isinstance(p, DiagonalGaussian):
+        return kl_divergence(q, p)
+    if not (isinstance(q, distributions.Distribution) and isinstance(p, distributions.Distribution)):
+        return None
+    try:
+        kl = distributions.kl_divergence(q, p)
+    except NotImplementedError:
+        return None
+    return kl if kl.shape == q.mean.shape else None
+
+
 def per_unit(elementwise: Tensor) -> Tensor:
     """(B, D) stays; (B, C, H, W) → (B, C) summed over positions (a channel is a unit)."""
     return elementwise.flatten(2).sum(-1) if elementwise.dim() > 2 else elementwise
+
+
+def per_example(log_prob: Tensor, z: Tensor) -> Tensor:
+    """(B,) a group's log density at z, from per-element or already per-example values."""
+    return log_prob.reshape(len(z), -1).sum(1)
+
+
+def rate_units(log_q: Tensor, log_p: Tensor, z: Tensor) -> Tensor:
+    """log q(z) − log p(z) per unit, (B, units), where both densities are given per element;
+    otherwise (B, 1): one term for a group whose q or p does not factor over its units."""
+    if log_q.shape == z.shape and log_p.shape == z.shape:
+        return per_unit(log_q - log_p)
+    return (per_example(log_q, z) - per_example(log_p, z)).unsqueeze(1)
 
 
 @dataclass
@@ -132,26 +192,31 @@ class LatentSample:
     posterior: Ladder VAE, BIVA's top-down path). Bottom-up inference (a VAE
     stack, BIVA's bottom-up path) draws z_i before the z_{i+1} its prior reads,
     so there the term is the single-sample estimate log q(z) − log p(z):
-    unbiased, but it can be negative for one example.
+    unbiased, but it can be negative for one example. A pair (q, p) with no
+    closed-form KL unit by unit (`closed_form_kl`) has the same rate term.
     """
 
     z: Tensor
-    q: DiagonalGaussian
-    p: DiagonalGaussian
+    q: Latent
+    p: Latent
     analytic: bool = True
 
-    def kl_units(self) -> Tensor:
-        """(B, units) KL term in nats; a spatial group's unit is a channel."""
-        if self.analytic:
-            return per_unit(kl_divergence(self.q, self.p))
-        return per_unit(self.q.log_prob(self.z) - self.p.log_prob(self.z))
+    def term(self) -> tuple[Tensor, bool]:
+        """(B, units) KL term in nats (a spatial group's unit is a channel; (B, 1) for a group
+        whose density does not factor over units) and whether it is the closed-form KL."""
+        kl = closed_form_kl(self.q, self.p) if self.analytic else None
+        if kl is not None:
+            return per_unit(kl), True
+        return rate_units(self.q.log_prob(self.z), self.p.log_prob(self.z), self.z), False
 
     def log_ratio(self) -> Tensor:
         """(B,) log p(z) − log q(z): this group's factor of an importance weight."""
-        return (self.p.log_prob(self.z) - self.q.log_prob(self.z)).flatten(1).sum(1)
+        return per_example(self.p.log_prob(self.z), self.z) - per_example(
+            self.q.log_prob(self.z), self.z
+        )
 
 
-def draw(q: DiagonalGaussian, p: DiagonalGaussian, analytic: bool = True) -> LatentSample:
+def draw(q: Latent, p: Latent, analytic: bool = True) -> LatentSample:
     """Sample z ~ q (reparameterised) and keep q and p for the group's KL."""
     return LatentSample(q.rsample(), q, p, analytic)
 
@@ -160,12 +225,13 @@ def hierarchy_output(
     head: LikelihoodHead, x: Tensor, px_params: Tensor, groups: dict[str, LatentSample]
 ) -> ModelOutput:
     """The `ModelOutput` of one ancestral pass through a hierarchy of latent groups."""
+    terms = {g: s.term() for g, s in groups.items()}
     return ModelOutput(
         log_px=head.log_prob(px_params, head.prepare(x)),
-        kl_units={g: s.kl_units() for g, s in groups.items()},
-        post_mean={g: s.q.mu for g, s in groups.items()},
-        prior_mean={g: s.p.mu for g, s in groups.items()},
-        analytic={g: s.analytic for g, s in groups.items()},
+        kl_units={g: term for g, (term, _) in terms.items()},
+        post_mean={g: s.q.mean for g, s in groups.items()},
+        prior_mean={g: s.p.mean for g, s in groups.items()},
+        analytic={g: analytic for g, (_, analytic) in terms.items()},
         px_params=px_params,
     )
 

@@ -136,8 +136,9 @@ METRICS: tuple[Metric, ...] = (
         "group",
         "",
         "nats",
-        "a group inferred before its prior's parents (stacked VAE, BIVA bottom-up): the "
-        "single-sample rate term log q − log p, not a KL (can be negative)",
+        "a group without a closed-form KL per unit (inferred before its prior's parents, as in "
+        "the stacked VAE and BIVA's bottom-up path, or a q and p with none, as a flow "
+        "posterior): the single-sample rate term log q − log p, not a KL (can be negative)",
     ),
     Metric("kl_share", "group", "", "fraction", "a group's KL over the analytic groups' total KL"),
     Metric(
