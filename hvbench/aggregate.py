@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from hvbench.config import config_part
+from hvbench.config import MAX_VALUES, config_part, expanded_size
 from hvbench.options import names_configuration
 
 # row fields that identify a group rather than measure it; `eval` is a re-evaluation's
@@ -57,8 +57,11 @@ def config_hash(config: dict[str, Any]) -> str:
 def run_config(run_dir: Path) -> dict[str, Any] | None:
     """The config a run saved, or None when it has none that can be read."""
     try:
-        config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        text = (Path(run_dir) / "config.yaml").read_text()
+        config = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # fast
     except (OSError, yaml.YAMLError, ValueError, RecursionError):  # ValueError: not UTF-8
+        return None
+    if expanded_size(config) > MAX_VALUES:  # an alias bomb: hashing it would expand it
         return None
     return config if isinstance(config, dict) else None
 

@@ -88,6 +88,19 @@ def _sync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def out_of_space(path: Path) -> bool:
+    """Whether the filesystem holding `path` (or its nearest existing parent) has less than
+    1 MiB left: what a write that failed without an errno (torch.save, safetensors) ran into."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        stats = os.statvfs(path)
+    except (OSError, AttributeError):  # no statvfs (Windows)
+        return False
+    return stats.f_bavail * stats.f_frsize < 2**20
+
+
 def write_text(path: Path, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode()))
 

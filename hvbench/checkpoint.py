@@ -18,8 +18,10 @@ the newest `keep` are kept.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -33,7 +35,7 @@ from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 from safetensors.torch import load_file, save_file
 
-from hvbench.atomic import publish_folder, sync_folder
+from hvbench.atomic import out_of_space, publish_folder, sync_folder
 from hvbench.config import config_part
 from hvbench.errors import UserError
 from hvbench.options import changes_weights
@@ -57,12 +59,14 @@ def fingerprint(config: dict[str, Any]) -> str:
 
 
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint of a run, oldest first."""
+    """(step, folder) of every complete checkpoint of a run, oldest first. An empty step-N
+    folder (left by a copy or a cleanup that stopped half-way) is none: a resume falls back to
+    the newest checkpoint before it, while anything inside a step-N folder is checked whole."""
     folder = Path(run_dir) / FOLDER
     if not folder.is_dir():
         return []
     found = [(_NAME.fullmatch(p.name), p) for p in folder.iterdir() if p.is_dir()]
-    return sorted((int(m.group(1)), p) for m, p in found if m)
+    return sorted((int(m.group(1)), p) for m, p in found if m and any(p.iterdir()))
 
 
 def rng_file(folder: Path, process_index: int) -> Path:
@@ -103,23 +107,34 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        try:
+            acc.save_state(str(tmp))
+            if acc.is_main_process:
+                save_file({k: v.contiguous() for k, v in sampler.items()}, str(tmp / SAMPLER_FILE))
+                if ema is not None:
+                    save_file({k: v.detach().cpu() for k, v in ema.items()}, str(tmp / EMA_FILE))
+                record = {
+                    "format": FORMAT,
+                    "step": step,
+                    "world_size": acc.num_processes,
+                    "fingerprint": self.fingerprint,
+                    "train": state,
+                }
+                (tmp / STATE_FILE).write_text(json.dumps(record))
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                sync_folder(tmp)
+                publish_folder(tmp, final)
+        except BaseException as err:
+            # torch.save and safetensors report a full disk as RuntimeError or SafetensorError:
+            # say what it is (ENOSPC), and free the half-written folder for the status write
+            full = isinstance(err, Exception) and not isinstance(err, OSError) and out_of_space(tmp)
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if full:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from None
+            raise
         if acc.is_main_process:
-            save_file({k: v.contiguous() for k, v in sampler.items()}, str(tmp / SAMPLER_FILE))
-            if ema is not None:
-                save_file({k: v.detach().cpu() for k, v in ema.items()}, str(tmp / EMA_FILE))
-            record = {
-                "format": FORMAT,
-                "step": step,
-                "world_size": acc.num_processes,
-                "fingerprint": self.fingerprint,
-                "train": state,
-            }
-            (tmp / STATE_FILE).write_text(json.dumps(record))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            sync_folder(tmp)
-            publish_folder(tmp, final)
             for _, old in checkpoints(self.run_dir)[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
             self.on_save(step)

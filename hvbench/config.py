@@ -273,25 +273,26 @@ def load_yaml(text: str) -> Any:
     """Parse config YAML (files, `--set` values, saved configs) with 1.2 booleans; a document
     that expands to more than MAX_VALUES values through aliases is a yaml.YAMLError."""
     data = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: builds plain data only
-    if _expanded_size(data, {}) > MAX_VALUES:
+    if expanded_size(data) > MAX_VALUES:
         raise yaml.YAMLError(
             f"it expands to more than {MAX_VALUES:,} values (aliases that repeat themselves?)"
         )
     return data
 
 
-def _expanded_size(value: Any, sizes: dict[int, int]) -> int:
+def expanded_size(value: Any, sizes: dict[int, int] | None = None) -> int:
     """How many values `value` would hold written out without aliases, counted without
     expanding it: an alias is the same object, so each object's size is computed once."""
     if not isinstance(value, (dict, list)):
         return 1
+    sizes = {} if sizes is None else sizes
     known = sizes.get(id(value))
     if known is None:
         sizes[id(value)] = MAX_VALUES + 1  # a self-referencing alias is too large by itself
         items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
         known = 1
         for item in items:
-            known += _expanded_size(item, sizes)
+            known += expanded_size(item, sizes)
             if known > MAX_VALUES:
                 break
         sizes[id(value)] = known

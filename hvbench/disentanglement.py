@@ -26,6 +26,8 @@ BINS = 20  # disentanglement_lib's MIG discretisation
 LASSO_ALPHA = 0.02  # on standardised codes and targets: |corr| below this gets no weight
 LASSO_MAX_ITER = 5000
 LASSO_TOL = 1e-6
+# a column whose values span less than this fraction of their magnitude is constant (DCI)
+CONSTANT_TOLERANCE = 1e-9
 HOLDOUT_EVERY = 5  # DCI: examples 4, 9, 14, … (every fifth) are its held-out part
 GRID_CLASSES = 64  # MIG: a factor with at most this many distinct values is used by class
 ENTROPY_EPS = 1e-11  # as disentanglement_lib adds to importances before taking entropies
@@ -169,10 +171,18 @@ def lasso(gram: Tensor, cross: Tensor, alpha: float = LASSO_ALPHA) -> Tensor:
     return w
 
 
+def _varies(x: Tensor) -> Tensor:
+    """Per column, whether its values differ by more than rounding: a column holding one value
+    can have a std of 1e-16 (its mean rounds), and standardising that by its std would turn
+    rounding noise into a target or a code of unit variance."""
+    spread = x.amax(0) - x.amin(0)
+    return spread > CONSTANT_TOLERANCE * x.abs().amax(0)
+
+
 def _standardise(x: Tensor, train: Tensor) -> Tensor:
     """Centre and scale by the training rows' statistics; a column constant there becomes 0."""
-    mean, std = x[train].mean(0), x[train].std(0)
-    return torch.where(std > 0, (x - mean) / std.where(std > 0, torch.ones_like(std)), 0.0)
+    mean, std, varies = x[train].mean(0), x[train].std(0), _varies(x[train])
+    return torch.where(varies, (x - mean) / std.where(varies, torch.ones_like(std)), 0.0)
 
 
 def _targets(factors: Tensor, discrete: Sequence[bool], train: Tensor) -> tuple[Tensor, Tensor]:
@@ -191,7 +201,7 @@ def _targets(factors: Tensor, discrete: Sequence[bool], train: Tensor) -> tuple[
         else:
             parts = [values]
         for part in parts:
-            if part[train].std() > 0:
+            if _varies(part[train]):
                 columns.append(part)
                 owners.append(k)
     owner = torch.tensor(owners, dtype=torch.long)

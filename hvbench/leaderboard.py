@@ -361,12 +361,12 @@ LEGEND = (
 )
 
 
-def _legend(root: Path, main: list[dict[str, Any]]) -> list[str]:
+def _legend(configs: dict[tuple[str, str, str], dict[str, Any] | None]) -> list[str]:
     """What the columns mean, from the metric table, with the eval settings the runs' numbers
     were computed with (a re-evaluation's, not config.yaml's); where configs differ in them,
     each config hash is listed with its settings."""
     by_config: dict[str, dict[str, Any]] = {}
-    for config in _evaluated_configs(root, main).values():
+    for config in configs.values():
         section = (config or {}).get("eval")
         settings = {**asdict(EvalConfig()), **(section if isinstance(section, dict) else {})}
         name = aggregate.config_hash(config) if config is not None else "(no config.yaml)"
@@ -455,14 +455,15 @@ def build(
         raise UserError(f"cannot write the leaderboard into {root}: no write permission")
     runs = load_runs(root)
     main, groups = rows(runs), group_rows(runs)
-    seeds = seed_rows(root, main)
+    configs = _evaluated_configs(root, main)
+    seeds = aggregate.over_seeds(main, configs)
     header = [title for _, title in COLUMNS]
     md = [
         "# hvbench leaderboard",
         "",
         "Rebuilt by `hvbench leaderboard` from every `results/runs/*/*/*/metrics.json`.",
         "",
-        *_legend(root, main),
+        *_legend(configs),
         "",
         *_seeds_markdown(seeds),
         "## Runs",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from hvbench.errors import UserError
+from hvbench.errors import UserError, shown
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,11 @@ class Registry:
     def get(self, name: str) -> Entry:
         self._load()
         if name not in self._entries:
-            close = difflib.get_close_matches(name, self._entries, n=1)
+            # a name from a hand-edited file can be any length: no fuzzy match of a 10 MB string
+            close = difflib.get_close_matches(name, self._entries, n=1) if len(name) < 100 else []
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UserError(
-                f"unknown {self.kind} {name!r}{hint}; choose from: {', '.join(self.names())}"
+                f"unknown {self.kind} {shown(name)}{hint}; choose from: {', '.join(self.names())}"
             )
         return self._entries[name]
 

@@ -12,6 +12,7 @@ reader treats an old, half-written or hand-edited folder the same way.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.metadata
 import json
 import os
@@ -178,7 +179,20 @@ def write_status(
         "host": platform.node(),
         "pid": os.getpid(),
     }
-    write_json(Path(run_dir) / STATUS_FILE, record)
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        write_json(path, record)
+    except OSError as err:
+        # A full disk has no room for the temp file of an atomic write, but an existing
+        # status.json's own blocks take the new record: better a record that could be torn by a
+        # crash in the next millisecond (read back as 'unknown') than 'running' for a dead run.
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.is_file():
+            raise
+        with open(path, "r+b") as f:
+            f.write((json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

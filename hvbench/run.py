@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -38,7 +39,7 @@ from hvbench.checkpoint import (
 from hvbench.checkpoint import read_state as read_checkpoint_state
 from hvbench.config import RunConfig, flatten, key_options, resolve
 from hvbench.device import device_name, peak_memory_mb
-from hvbench.errors import UserError
+from hvbench.errors import UserError, shown
 from hvbench.evaluate import SplitEvaluation, evaluate_split, mean_elbo
 from hvbench.options import Option, may_reevaluate, may_resume
 from hvbench.paths import cache_dir
@@ -46,6 +47,7 @@ from hvbench.registry import MODELS, TASKS
 from hvbench.results import (
     METRICS_FILE,
     STATUS_FILE,
+    MalformedRecord,
     RunFailed,
     RunInterrupted,
     check_writable_root,
@@ -263,19 +265,36 @@ def _mark_stopped(
     err: BaseException, run_dir: Path, status: Callable[..., None], step: int
 ) -> Exception | None:
     """Record in status.json how the run stopped; return what the CLI reports in one line, or
-    None to let `err` (a bug or an OS error) keep its traceback."""
+    None to let `err` (a bug) reach the CLI's guard. A fault of the machine (an OSError: disk
+    full, a lost mount) fails the run with its cause; the checkpoints before it are intact, so
+    the run resumes once the cause is gone. The status write itself never raises here: on a
+    full disk write_status overwrites status.json in place, and if even that fails, the line
+    says so."""
+    unsaved: list[str] = []
+
+    def record(state: str, at: int, reason: str) -> None:
+        try:
+            status(state, at, reason)
+        except OSError as failed:
+            unsaved.append(f"; status.json not updated ({failed.strerror})")
+
     if isinstance(err, Interrupted):
-        status("interrupted", err.step, f"{signal.Signals(err.signum).name} at step {err.step}")
+        record("interrupted", err.step, f"{signal.Signals(err.signum).name} at step {err.step}")
         return RunInterrupted(run_dir, err.step, err.signum)
     if isinstance(err, (KeyboardInterrupt, Terminated)):  # outside the loop, or a second Ctrl-C
         signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
         name = signal.Signals(signum).name
-        status("interrupted", step, f"{name} after the checkpoint of step {step}")
+        record("interrupted", step, f"{name} after the checkpoint of step {step}")
         return RunInterrupted(run_dir, step, signum)
     if isinstance(err, TrainingDiverged):
-        status("failed", step, str(err))
-        return RunFailed(str(err), run_dir)
-    status("failed", step, f"{type(err).__name__}: {err}")
+        record("failed", step, str(err))
+        return RunFailed(str(err) + "".join(unsaved), run_dir)
+    if isinstance(err, OSError):
+        cause = (err.strerror or type(err).__name__) + (f": {err.filename}" if err.filename else "")
+        record("failed", step, cause)
+        advice = f"; once that is fixed, resume from step {step} with: hvbench run --resume {run_dir}"
+        return RunFailed(cause + "".join(unsaved) + advice, run_dir)
+    record("failed", step, f"{type(err).__name__}: {shown(str(err))[1:-1]}")
     return None
 
 
@@ -355,11 +374,22 @@ def reevaluate(run_dir: Path, overrides: list[str], checkpoint: int | None = Non
         raise UserError(
             f"run {run_dir} has no {WEIGHTS_FILE} to evaluate (it predates saved weights)"
         )
-    previous = load_metrics(run_dir)
+    try:
+        previous = load_metrics(run_dir)  # its training measurements are carried over
+    except MalformedRecord as err:
+        raise UserError(
+            f"cannot re-evaluate {run_dir}: {err}; move that file aside to evaluate the run's "
+            "previous record instead"
+        ) from None
     started = time.time()
     accelerator = make_accelerator(cfg.train.precision)
     _announce("eval", cfg, accelerator)
     set_seed(cfg.train.seed)
+    if state["status"] == "failed":  # a resume of a diverged run diverges again: no advice
+        raise UserError(
+            f"run {run_dir} failed ({shown(str(state.get('reason')))[1:-1]}); it has no final "
+            "weights to evaluate"
+        )
     task = load_task(cfg)
     model = build_model(cfg, task)
     load_weights(model, weights)
@@ -468,7 +498,23 @@ def _restore_evaluation_rng(run_dir: Path, accelerator: Accelerator, cfg: RunCon
 
 
 def load_task(cfg: RunConfig) -> TaskData:
-    task = TASKS.get(cfg.task_name).build(cfg.task, cache_dir())
+    """The task's data; sizes this machine cannot allocate are bad input (one line naming the
+    task's options), not a traceback from deep inside the loader."""
+    try:
+        task = TASKS.get(cfg.task_name).build(cfg.task, cache_dir())
+    except (MemoryError, RuntimeError) as err:
+        text = str(err)
+        if not isinstance(err, MemoryError) and "alloc" not in text:
+            raise
+        sizes = ", ".join(
+            f"task.{k}={v}" for k, v in cfg.to_dict()["task"].items() if isinstance(v, int)
+        )
+        asked = re.search(r"allocate (?:memory: you tried to allocate )?([0-9]+) bytes", text)
+        need = f" ({int(asked.group(1)) / 2**30:,.1f} GiB at once)" if asked else ""
+        raise UserError(
+            f"task {cfg.task_name!r} needs more memory than this machine can allocate{need} "
+            f"with {sizes}"
+        ) from None
     _check_splits(task)
     return task
 

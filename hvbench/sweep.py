@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import string
 import subprocess
 import sys
 from collections.abc import Callable
@@ -42,12 +43,15 @@ from typing import Any
 import yaml
 
 from hvbench.config import configs_dir, load_yaml, read_yaml, resolve
-from hvbench.errors import UserError
+from hvbench.errors import UserError, shown
 from hvbench.registry import MODELS, TASKS
 from hvbench.results import run_status
 
 KEYS = ("name", "tasks", "models", "seeds", "config", "set", "variants", "launcher", "executor")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # one safe path component
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # one safe path component (fullmatch)
+# A sweep's runs go one after another or one job each; more than this is a typo (a count of
+# seeds with extra zeros), refused before a list of that many entries is built.
+MAX_RUNS = 10_000
 RESUMABLE = ("running", "interrupted")
 # config sections that say where and how a run is recorded, not what it computes
 BOOKKEEPING = ("output", "wandb")
@@ -99,9 +103,10 @@ def load(path: Path, root: str | None = None) -> Sweep:
     if unknown:
         raise UserError(f"unknown sweep key {unknown[0]!r} in {path}; allowed: {', '.join(KEYS)}")
     name = spec.get("name", Path(path).stem)
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise UserError(
-            f"sweep name {name!r} must be one path component of letters, digits, '-', '_', '.'"
+            f"sweep name {shown(name)} must be one path component of at most 100 letters, "
+            "digits, '-', '_', '.'"
         )
     tasks, models = _names(spec, "tasks"), _names(spec, "models")
     for task in tasks:
@@ -112,10 +117,13 @@ def load(path: Path, root: str | None = None) -> Sweep:
     shared = _overrides(spec.get("set") or {}, "set")
     variants = spec.get("variants") or {None: {}}
     if not isinstance(variants, dict) or not all(
-        v is None or (isinstance(v, str) and NAME.match(v)) for v in variants
+        v is None or (isinstance(v, str) and NAME.fullmatch(v)) for v in variants
     ):
         raise UserError("sweep key 'variants' must map names (letters, digits, '-', '_') to overrides")
     entries = []
+    runs = len(tasks) * len(models) * len(variants) * len(seeds)
+    if runs > MAX_RUNS:
+        raise UserError(f"sweep {name!r} would start {runs:,} runs; at most {MAX_RUNS:,} per file")
     for task in tasks:
         for model in models:
             config = _config_file(spec.get("config"), task, model)
@@ -240,12 +248,17 @@ def _names(spec: dict[str, Any], key: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not value or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise UserError(f"sweep key {key!r} must be a non-empty list of names, got {value!r}")
+        raise UserError(f"sweep key {key!r} must be a non-empty list of names, got {shown(value)}")
+    seen: set[str] = set()
+    for name in value:  # the same runs twice would write one folder and be counted twice
+        if name in seen:
+            raise UserError(f"sweep key {key!r} names {shown(name)} twice")
+        seen.add(name)
     return value
 
 
 def _seeds(value: Any) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_RUNS:
         return list(range(value))
     if (
         isinstance(value, list)
@@ -254,13 +267,16 @@ def _seeds(value: Any) -> list[int]:
         and len(set(value)) == len(value)
     ):
         return value
-    raise UserError(f"sweep key 'seeds' must be a count ≥ 1 or a list of distinct ints, got {value!r}")
+    raise UserError(
+        f"sweep key 'seeds' must be a count in [1, {MAX_RUNS:,}] or a list of distinct ints, "
+        f"got {shown(value)}"
+    )
 
 
 def _overrides(mapping: Any, where: str) -> list[str]:
     """{'train.steps': 500} → ['train.steps=500'], values written so `--set` reads them back."""
     if not isinstance(mapping, dict):
-        raise UserError(f"sweep key {where!r} must map config keys to values, got {mapping!r}")
+        raise UserError(f"sweep key {where!r} must map config keys to values, got {shown(mapping)}")
     return [f"{key}={_scalar(value)}" for key, value in mapping.items()]
 
 
@@ -274,14 +290,34 @@ def _config_file(pattern: Any, task: str, model: str) -> Path | None:
     if pattern is None:
         return None
     if not isinstance(pattern, str):
-        raise UserError(f"sweep key 'config' must be a path pattern, got {pattern!r}")
-    text = pattern.format(task=task, model=model)
+        raise UserError(f"sweep key 'config' must be a path pattern, got {shown(pattern)}")
+    text = _fill(pattern, task, model)
     shipped = configs_dir() / text
     return shipped if not Path(text).is_absolute() and shipped.is_file() else Path(text)
 
 
+def _fill(pattern: str, task: str, model: str) -> str:
+    """`pattern` with {task} and {model} filled in. Only those two fields: str.format would
+    also index and read attributes of them (`{task.__class__}`) and raise on any other."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(pattern)]
+    except ValueError as err:
+        raise UserError(
+            f"sweep key 'config' {shown(pattern)} is not a path pattern ({err}); "
+            "write {task} and {model}, and {{ or }} for a brace"
+        ) from None
+    bad = [field for field in fields if field is not None and field not in ("task", "model")]
+    if bad:
+        raise UserError(
+            f"sweep key 'config' {shown(pattern)} has the field {{{shown(bad[0])[1:-1]}}}; "
+            "choose from: {task}, {model}"
+        )
+    return pattern.format(task=task, model=model)
+
+
 def _check_unchanged(run_dir: Path, wanted: dict[str, Any]) -> None:
     """Refuse to skip or resume a run whose saved config no longer matches the sweep's entry."""
+
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return

@@ -16,7 +16,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from hvbench.atomic import write_json
-from hvbench.errors import UserError
+from hvbench.errors import UserError, shown
 
 SPLITS = ("train", "val", "test")
 T = TypeVar("T")
@@ -112,6 +112,11 @@ def open_hf_dataset(source: str) -> Any:
         except FileNotFoundError:
             raise UserError(
                 f"{path} is not a 🤗 dataset folder: save one with Dataset.save_to_disk"
+            ) from None
+        except Exception as err:  # a damaged dataset_info.json or state.json fails in many types
+            lines = str(err).strip().splitlines() or [""]
+            raise UserError(
+                f"{path} is a damaged 🤗 dataset folder ({type(err).__name__}: {shown(lines[0])})"
             ) from None
     try:
         snapshot = snapshot_download(source, repo_type="dataset", local_files_only=True)

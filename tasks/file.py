@@ -167,10 +167,10 @@ def _images(images: np.ndarray, origin: str) -> tuple[np.ndarray, Likelihood]:
             f"{origin}: images have shape {images.shape}, channels last?; expected N×C×H×W "
             "(use images.transpose(0, 3, 1, 2))"
         )
-    if images.dtype.kind not in "biuf" or images.size == 0:
-        raise UserError(
-            f"{origin}: images must be a non-empty bool or number array, got {images.dtype}"
-        )
+    if images.size == 0:
+        raise UserError(f"{origin}: images hold no image (shape {images.shape}); nothing to train on")
+    if images.dtype.kind not in "biuf":
+        raise UserError(f"{origin}: images must be a bool or number array, got {images.dtype}")
     if images.dtype.kind == "f" and not np.isfinite(images).all():
         first = np.argwhere(~np.isfinite(images))[0]
         raise UserError(
@@ -261,6 +261,8 @@ def load_file(cfg: FileConfig, cache_dir: Path) -> TaskData:
     if not path.exists():
         raise UserError(f"data file not found: {path}")
     arrays = _read_dataset(str(path)) if path.is_dir() else _read_npz(path)
+    if not (path.is_dir() or path.is_file()):  # reading a FIFO or a device never ends
+        raise UserError(f"task.path {path} is neither a file nor a folder (a FIFO or device?)")
     unknown = sorted(set(arrays) - set(ARRAYS))
     if unknown:
         raise UserError(f"{path}: unexpected array {unknown[0]!r}; allowed: {', '.join(ARRAYS)}")

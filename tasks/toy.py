@@ -43,6 +43,7 @@ DAG: dict[str, tuple[str, ...]] = {
 }
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
+MAX_NOISE = 10.0
 
 @dataclass(frozen=True)
 class ToyConfig:
@@ -52,6 +53,14 @@ class ToyConfig:
     image_size: int = option(32, range=AT_LEAST_1)
     noise: float = 0.05  # pixel noise sd
     seed: int = option(1234, range=SEED)
+
+    def __post_init__(self) -> None:
+        # finite but huge (1e300) is inf in float32: a run of NaN losses, not a benchmark
+        if not 0 <= self.noise <= MAX_NOISE:
+            raise UserError(
+                f"config key 'task.noise' must be in [0, {MAX_NOISE}] (pixel noise sd; the "
+                f"images lie in [0, 1]), got {self.noise!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ def bad_cases(tmp_path: Path) -> list[tuple[Path, dict, str]]:
         (npz(tmp_path, "b.npz", pictures=ok), {}, "unexpected array 'pictures'"),
         (npz(tmp_path, "c.npz", images=np.zeros((10, 8, 8, 3))), {}, "images have shape (10, 8, 8, 3), channels last?"),
         (npz(tmp_path, "d.npz", images=np.zeros((10, 8))), {}, "images have shape (10, 8); expected N×H×W or N×C×H×W"),
-        (npz(tmp_path, "e.npz", images=np.full((10, 4, 4), "x")), {}, "images must be a non-empty bool or number array, got <U1"),
+        (npz(tmp_path, "e.npz", images=np.full((10, 4, 4), "x")), {}, "images must be a bool or number array, got <U1"),
         (npz(tmp_path, "f.npz", images=np.where(ok > 0, np.nan, 0.5)), {}, "image 0 holds nan, not a finite value"),
         (npz(tmp_path, "g.npz", images=ok * 300), {}, "integer images must lie in 0..255, found 300"),
         (npz(tmp_path, "h.npz", images=ok - 1), {}, "integer images must lie in 0..255, found -1"),
