@@ -260,9 +260,9 @@ def load_file(cfg: FileConfig, cache_dir: Path) -> TaskData:
     path = Path(cfg.path).expanduser()
     if not path.exists():
         raise UserError(f"data file not found: {path}")
-    arrays = _read_dataset(str(path)) if path.is_dir() else _read_npz(path)
     if not (path.is_dir() or path.is_file()):  # reading a FIFO or a device never ends
         raise UserError(f"task.path {path} is neither a file nor a folder (a FIFO or device?)")
+    arrays = _read_dataset(str(path)) if path.is_dir() else _read_npz(path)
     unknown = sorted(set(arrays) - set(ARRAYS))
     if unknown:
         raise UserError(f"{path}: unexpected array {unknown[0]!r}; allowed: {', '.join(ARRAYS)}")

@@ -42,8 +42,8 @@ DAG: dict[str, tuple[str, ...]] = {
     "angle": ("brightness",),
 }
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
-
 MAX_NOISE = 10.0
+
 
 @dataclass(frozen=True)
 class ToyConfig:
