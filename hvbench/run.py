@@ -364,6 +364,11 @@ def reevaluate(run_dir: Path, overrides: list[str], checkpoint: int | None = Non
     if checkpoint is not None:
         return _evaluate_checkpoint(run_dir, cfg, overrides, checkpoint)
     state = read_status(run_dir)
+    if state["status"] == "failed":  # a resume of a diverged run diverges again: no advice
+        raise UserError(
+            f"run {run_dir} failed ({shown(str(state.get('reason')))[1:-1]}); it has no final "
+            "weights to evaluate"
+        )
     if state["status"] != "finished":
         raise UserError(
             f"run {run_dir} is {state['status']}, not finished; "
@@ -385,11 +390,6 @@ def reevaluate(run_dir: Path, overrides: list[str], checkpoint: int | None = Non
     accelerator = make_accelerator(cfg.train.precision)
     _announce("eval", cfg, accelerator)
     set_seed(cfg.train.seed)
-    if state["status"] == "failed":  # a resume of a diverged run diverges again: no advice
-        raise UserError(
-            f"run {run_dir} failed ({shown(str(state.get('reason')))[1:-1]}); it has no final "
-            "weights to evaluate"
-        )
     task = load_task(cfg)
     model = build_model(cfg, task)
     load_weights(model, weights)
