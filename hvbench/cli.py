@@ -109,10 +109,9 @@ def _leaderboard(args: argparse.Namespace) -> None:
     except OSError as err:  # e.g. a read-only root: the records were read, nothing was written
         raise UserError(f"cannot write the leaderboard into {args.root}: {err.strerror}") from None
     if not main:
-        Console().print(
+        print(
             f"no finished runs under {args.root}/runs yet: start with `hvbench sweep "
-            "configs/sweeps/smoke.yaml` (seconds) or `hvbench run --task toy-corr --model vae`",
-            highlight=False,
+            "configs/sweeps/smoke.yaml` (seconds) or `hvbench run --task toy-corr --model vae`"
         )
     else:
         print_table(
@@ -125,15 +124,18 @@ def _leaderboard(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
+    from hvbench.leaderboard import print_sweep
     from hvbench.sweep import dry_run, load, run_here, shard, submit
 
-    sweep = load(args.file, args.out)
+    given = [*args.set, *([f"wandb.mode={args.wandb}"] if args.wandb else [])]
+    sweep = load(args.file, args.out, tuple(given))
     if args.shard:
         sweep = shard(sweep, args.shard)
     if args.dry_run:
         dry_run(sweep)
     elif args.executor == "here":
         counts = run_here(sweep)
+        print_sweep(sweep.root, [e.run_dir for e in sweep.entries], f"sweep {sweep.name}")
         print(f"sweep {sweep.name}: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
         if counts["failed"] or counts["interrupted"]:
             sys.exit(1)
@@ -151,18 +153,29 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _wandb_report(args: argparse.Namespace) -> None:
-    from hvbench.wandb_report import build, describe, publish, sweep_tasks
+    from hvbench.wandb_report import (
+        build,
+        describe,
+        describe_runs,
+        publish,
+        runs_on_disk,
+        sweep_tasks,
+    )
 
     tasks = sweep_tasks(Path(args.root), args.sweep)
     tasks.update({task: {} for task in args.task if task not in tasks})
     if not tasks:
         raise UserError(
-            f"no finished runs of sweep {args.sweep!r} under {args.root}; name its tasks with --task"
+            f"no finished runs of sweep {args.sweep!r} under {args.root}; give --root RESULTS "
+            "where the sweep wrote them (hvbench sweep --out), or name its tasks with --task"
         )
+    runs = runs_on_disk(Path(args.root), args.sweep)
     if args.dry_run:
         report = build(args.project, args.entity or "<your entity>", args.sweep, tasks)
-        print("\n".join(describe(report)))
+        print("\n".join([*describe(report), *describe_runs(runs, args.sweep)]))
         return
+    for line in describe_runs(runs, args.sweep):
+        print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
     if args.entity is None:
         import wandb
 
@@ -331,6 +344,18 @@ def parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--wait", action="store_true", help="local/slurm: wait for the jobs")
     sweep.add_argument("--out", help="results root of every run (output.root)")
+    sweep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every run, after the sweep file's own (repeatable)",
+    )
+    sweep.add_argument(
+        "--wandb",
+        choices=("auto", "online", "offline", "disabled"),
+        help="W&B mode of every run (wandb.mode; the smoke configs say disabled)",
+    )
     sweep.add_argument(
         "--shard",
         metavar="I/N",

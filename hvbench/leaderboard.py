@@ -203,6 +203,35 @@ def print_unranked(runs: list[dict[str, Any]], console: Console | None = None) -
     (console or Console()).print(table)
 
 
+def print_sweep(root: Path, run_dirs: list[Path], title: str) -> None:
+    """The end of a sweep: its finished runs over seeds (the compact board), where they are,
+    and the command that uploads the ones W&B logged offline."""
+    runs = []
+    for run_dir in run_dirs:
+        if run_status(run_dir) == "finished":
+            try:
+                runs.append(load_metrics(run_dir))
+            except MalformedRecord as err:
+                _warn(str(err))
+    console = Console()
+    if runs:
+        print_table(seed_rows(root, rows(runs)), console, SEED_COLUMNS, title)
+        worlds = sorted({str(r["run"].get("world_size")) for r in runs})
+        console.print(
+            f"world size {', '.join(worlds)}; runs in {Path(root) / 'runs'}; every run: "
+            f"hvbench leaderboard --root {root}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    offline = [str(p) for d in run_dirs for p in sorted(Path(d).glob("wandb/offline-run-*"))]
+    if offline:
+        console.print(
+            f"W&B: {len(offline)} offline runs; upload them with: wandb sync {' '.join(offline)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def _warn(message: str) -> None:
     print(f"hvbench: warning: skipping {message}", file=sys.stderr)
 

@@ -96,8 +96,9 @@ class Sweep:
     executor: dict[str, Any]
 
 
-def load(path: Path, root: str | None = None) -> Sweep:
-    """Read a sweep file and resolve every entry; any bad entry is a `UserError` here."""
+def load(path: Path, root: str | None = None, given: tuple[str, ...] = ()) -> Sweep:
+    """Read a sweep file and resolve every entry; any bad entry is a `UserError` here.
+    `given` overrides (`hvbench sweep --set/--wandb`) apply to every run, after the file's."""
     spec = read_yaml(Path(path))
     unknown = sorted(set(spec) - set(KEYS))
     if unknown:
@@ -133,6 +134,7 @@ def load(path: Path, root: str | None = None) -> Sweep:
                     overrides = [
                         *shared,
                         *_overrides(extra or {}, f"variants.{variant}"),
+                        *given,
                         f"train.seed={seed}",
                         f"output.run_id={run_id}",
                         f"output.sweep={name}",

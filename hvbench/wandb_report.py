@@ -3,9 +3,14 @@
 Runs find each other in W&B by what `hvbench.tracking` gives them: group = the
 sweep, job type = the model, config `task.name`. Each task gets a panel grid
 over the sweep's runs of that task, grouped by model (mean, ±1 std band over
-seeds): test ELBO / IWAE / bits per dim, collapse and KL share per latent
-group, throughput, and the validation curves on the shared `step` axis. The
-report object is built offline (the tests do); only `publish` needs an account.
+seeds): test ELBO / IWAE / bits per dim, the three collapse measures (Burda's
+`collapse_rate`, `conditional_collapse_rate`, `kl_collapse_rate`, each named),
+collapse and KL share per latent group, throughput, the validation curves on
+the shared `step` axis and the figures as media; then a table of every run
+(seed, key numbers) with a run comparer. The report object is built offline
+(the tests do); only `publish` needs an account. The runs it reaches are the
+sweep's runs that logged to W&B: `runs_on_disk` lists them, and those whose
+W&B mode was `disabled` (the smoke configs' default) never reach it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,17 @@ from hvbench.errors import UserError
 from hvbench.tracking import STEP
 
 INSTALL = "pip install 'hvbench[wandb-report]' (the wandb-workspaces package)"
+# the summary metrics of the runs table, beside each run's name and seed
+RUN_COLUMNS = (
+    "test/elbo_nats",
+    "test/iwae_nats",
+    "test/conditional_active_units",
+    "test/units",
+    "test/kl_collapse_rate",
+    "perf/train_images_per_s",
+)
+# the figures every run logs (hvbench.run._figures), shown as media
+MEDIA = ("samples", "reconstructions", "latent_histograms", "kl_per_unit", "factor_unit_test")
 
 
 def _reports() -> Any:
@@ -42,28 +58,74 @@ def sweep_tasks(root: Path, sweep: str) -> dict[str, dict[str, list[str]]]:
     return out
 
 
+def runs_on_disk(root: Path, sweep: str) -> list[dict[str, Any]]:
+    """The sweep's finished runs under `root`: task, model, run id, seed, and the W&B id
+    and mode each logged with (None: the run never reached W&B)."""
+    from hvbench.leaderboard import load_runs
+    from hvbench.tracking import WANDB_ID
+
+    out: list[dict[str, Any]] = []
+    if not (Path(root) / "runs").is_dir():
+        return out
+    for run in load_runs(root):
+        run_dir = Path(root) / "runs" / run["task"] / run["model"] / run["run_id"]
+        if _sweep_of(run_dir) != sweep:
+            continue
+        logged = (run_dir / WANDB_ID).is_file()
+        offline = sorted(run_dir.glob("wandb/offline-run-*"))
+        out.append(
+            {
+                "task": run["task"],
+                "model": run["model"],
+                "run_id": run["run_id"],
+                "seed": run["run"].get("seed"),
+                "wandb_id": (run_dir / WANDB_ID).read_text().strip() if logged else None,
+                "offline": [str(p) for p in offline],
+            }
+        )
+    return out
+
+
 def build(
     project: str, entity: str, sweep: str, tasks: dict[str, dict[str, list[str]]]
 ) -> Any:
-    """The Report: one heading and one panel grid per task."""
+    """The Report: one heading, one panel grid and one table of runs per task."""
     wr = _reports()
     from wandb_workspaces import expr
 
     blocks: list[Any] = [
         wr.P(
             f"hvbench sweep '{sweep}': every model on every task, mean and ±1 std over seeds. "
-            "Numbers are the runs' final test metrics (the same names as metrics.json)."
+            "Numbers are the runs' final test metrics (the same names as metrics.json), kept "
+            "in each run's summary. Collapse: collapse_rate counts Burda-inactive units, "
+            "conditional_collapse_rate units whose posterior adds nothing to their conditional "
+            "prior (read this one for a hierarchy), kl_collapse_rate units paying no KL."
         )
     ]
     for task, models in tasks.items():
-        runset = wr.Runset(
-            entity=entity,
-            project=project,
-            name=f"{sweep} · {task}",
-            filters=expr.And(expr.Metric("Group") == sweep, expr.Config("task.name") == task),
-            groupby=["jobType"],
-        )
-        blocks += [wr.H2(task), wr.PanelGrid(runsets=[runset], panels=_panels(wr, models))]
+        where = expr.And(expr.Metric("Group") == sweep, expr.Config("task.name") == task)
+
+        def runset(name: str, groupby: list[str], where: Any = where) -> Any:
+            return wr.Runset(
+                entity=entity,
+                project=project,
+                name=name,
+                filters=where,
+                groupby=groupby,
+                order=[wr.OrderBy(wr.SummaryMetric("test/elbo_nats"), ascending=False)],
+                pinned_columns=["run:displayName"],
+                visible_columns=[f"summary:{m}" for m in RUN_COLUMNS] + ["config:train.seed.value"],
+            )
+
+        blocks += [
+            wr.H2(task),
+            wr.PanelGrid(runsets=[runset(f"{sweep} · {task}", ["jobType"])], panels=_panels(wr, models)),
+            wr.H3(f"{task}: every run"),
+            wr.PanelGrid(
+                runsets=[runset(f"{sweep} · {task} · runs", [])],
+                panels=[wr.RunComparer(diff_only="split")],
+            ),
+        ]
     return wr.Report(
         project=project,
         entity=entity,
@@ -89,7 +151,9 @@ def _panels(wr: Any, models: dict[str, list[str]]) -> list[Any]:
         bars("test ELBO (nats) ↑", ["test/elbo_nats"]),
         bars("test IWAE (nats) ↑", ["test/iwae_nats"]),
         bars("test −ELBO per dim ↓ (bits/dim or nats/dim)", ["test/elbo_nll_bpd", "test/elbo_nll_nats_per_dim"]),
-        bars("collapse ↓", ["test/collapse_rate", "test/kl_collapse_rate"]),
+        bars("conditional collapse ↓ (conditional_collapse_rate)", ["test/conditional_collapse_rate"]),
+        bars("collapse ↓ (Burda: collapse_rate)", ["test/collapse_rate"]),
+        bars("KL collapse ↓ (kl_collapse_rate)", ["test/kl_collapse_rate"]),
         bars("training throughput (images/s)", ["perf/train_images_per_s"]),
         wr.LinePlot(
             title="validation ELBO (nats)",
@@ -102,8 +166,18 @@ def _panels(wr: Any, models: dict[str, list[str]]) -> list[Any]:
     if groups:
         panels += [
             bars("KL share per latent group", [f"test/kl_share/{g}" for g in groups]),
-            bars("collapse per latent group", [f"test/collapse_rate/{g}" for g in groups]),
+            bars(
+                "conditional collapse per latent group (conditional_collapse_rate)",
+                [f"test/conditional_collapse_rate/{g}" for g in groups],
+            ),
         ]
+    panels.append(
+        wr.MediaBrowser(
+            title="figures (each run's, logged once)",
+            media_keys=[f"figures/{name}" for name in MEDIA],
+            num_columns=3,
+        )
+    )
     return panels
 
 
@@ -123,12 +197,44 @@ def describe(report: Any) -> list[str]:
     for block in report.blocks:
         if hasattr(block, "runsets"):
             for runset in block.runsets:
-                lines.append(f"  runs: {runset.filters} grouped by {', '.join(runset.groupby)}")
+                grouped = f" grouped by {', '.join(runset.groupby)}" if runset.groupby else ""
+                lines.append(f"  runs: {runset.filters}{grouped}")
+                if not runset.groupby:
+                    lines.append(f"    runs table: {', '.join(runset.visible_columns)}")
             for panel in block.panels:
-                shown = getattr(panel, "metrics", None) or getattr(panel, "y", [])
-                lines.append(f"    {type(panel).__name__} '{panel.title}': {', '.join(shown)}")
-        elif type(block).__name__ == "H2":
+                shown = (
+                    getattr(panel, "metrics", None)
+                    or getattr(panel, "y", None)
+                    or getattr(panel, "media_keys", None)
+                    or []
+                )
+                title = getattr(panel, "title", None) or "every run side by side"
+                lines.append(f"    {type(panel).__name__} '{title}': {', '.join(shown)}")
+        elif type(block).__name__ in ("H2", "H3"):
             lines.append(f"  {block.text}")
+    return lines
+
+
+def describe_runs(runs: list[dict[str, Any]], sweep: str) -> list[str]:
+    """Which of the sweep's runs on disk W&B has (what the report will show), and how to
+    upload the offline ones; a warning line for those that never logged."""
+    lines = []
+    for r in runs:
+        where = (
+            "never logged to W&B (wandb.mode disabled)"
+            if r["wandb_id"] is None
+            else f"W&B id {r['wandb_id']}" + (", offline: not uploaded until synced" if r["offline"] else "")
+        )
+        lines.append(f"  run {r['task']}/{r['model']}/{r['run_id']} (seed {r['seed']}): {where}")
+    offline = [p for r in runs for p in r["offline"]]
+    if offline:
+        lines.append(f"upload the offline runs first: wandb sync {' '.join(offline)}")
+    missing = sum(r["wandb_id"] is None for r in runs)
+    if missing:
+        lines.append(
+            f"warning: {missing} of the sweep's runs never reached W&B; run the sweep with "
+            f"--wandb offline (or online): hvbench sweep <file> --wandb offline (sweep '{sweep}')"
+        )
     return lines
 
 

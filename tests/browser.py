@@ -2,8 +2,9 @@
 
 Debian's `chromium` driven by its `chromedriver` over the W3C WebDriver
 protocol (plain HTTP on the loopback interface, so no client library): the
-page is loaded, every <img> is checked to be decoded, the browser's console
-log is read (level SEVERE = errors) and a screenshot is taken. `.ci/run`
+page is loaded, every <img> is checked to be decoded, how far the page runs
+past the 1,280 px window is measured, the browser's console log is read (level
+SEVERE = errors) and a screenshot is taken. `.ci/run`
 installs both packages when they are missing.
 """
 
@@ -46,6 +47,7 @@ class PageView:
     images: int  # <img> elements on the page
     broken_images: int  # of which not decoded
     text: str  # the page's visible text
+    overflow_px: int  # how far the page runs past the window's width (0: no horizontal scroll)
 
 
 def view(page: Path) -> PageView:
@@ -72,6 +74,12 @@ def view(page: Path) -> PageView:
                     ".filter(i => !(i.complete && i.naturalWidth > 0)).length",
                 )
                 text = _script(url, base, "return document.body ? document.body.innerText : ''")
+                overflow = _script(
+                    url,
+                    base,
+                    "const e = document.documentElement; return Math.max(e.scrollWidth, "
+                    "document.body.scrollWidth) - e.clientWidth",
+                )
                 shot = base64.b64decode(_call(url, "GET", f"{base}/screenshot"))
                 log = _call(url, "POST", f"{base}/se/log", {"type": "browser"})
             finally:
@@ -80,7 +88,7 @@ def view(page: Path) -> PageView:
             driver.terminate()
             driver.wait(timeout=10)
     errors = [entry["message"] for entry in log if entry.get("level") == "SEVERE"]
-    return PageView(shot, errors, images, broken, text)
+    return PageView(shot, errors, images, broken, text, overflow)
 
 
 def _script(url: str, base: str, script: str) -> Any:

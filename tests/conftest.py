@@ -34,3 +34,20 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's smoke sweep, run once per test session by the CLI in a subprocess and
+    logged to W&B offline (as the README's sweep → W&B Report sequence does): its results
+    root. Its output is kept in `sweep.out` beside the root."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    env = {"HVBENCH_CACHE": str(cwd / "cache"), "WANDB_DIR": str(cwd / "wandb"), "COLUMNS": "80"}
+    result = run_cli(
+        "sweep", str(CONFIGS / "sweeps" / "smoke.yaml"), "--out", "results", "--wandb", "offline",
+        cwd=cwd, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "sweep smoke: 0 skipped, 4 finished, 0 failed, 0 interrupted" in result.stdout
+    (cwd / "sweep.out").write_text(result.stdout)
+    return cwd / "results"

@@ -28,18 +28,25 @@ def test_gpu_check_dry_path_writes_every_number(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["dry"] is True and set(summary["runs"]) == {"bf16", "fp16"}
-    for run in summary["runs"].values():
-        assert run["images_per_s"] > 0 and run["peak_memory_mb"] > 0
-        assert run["gflop_per_image"] > 0 and run["fraction_of_measured_bf16_matmul"] > 0
-    bench = json.loads((out / "bench" / "bench.json").read_text())
-    assert {c["precision"] for c in bench["cells"]} == {"no", "bf16"}
-    assert "dry run on a CPU" in (out / "summary.md").read_text()
+    assert summary["dry"] is True and set(summary["models"]) == {"dagvae", "vdvae"}
+    for model, measured in summary["models"].items():
+        assert set(measured["runs"]) == {"bf16", "fp16"}
+        for run in measured["runs"].values():
+            assert run["images_per_s"] > 0 and run["peak_memory_mb"] > 0
+            assert run["gflop_per_image"] > 0 and run["fraction_of_measured_bf16_matmul"] > 0
+        bench = json.loads((out / f"bench-{model}" / "bench.json").read_text())
+        assert {c["precision"] for c in bench["cells"]} == {"no", "bf16"}
+        assert {c["model"] for c in bench["cells"]} == {model}
+        for precision in ("bf16", "fp16"):
+            path = out / "runs/runs/file" / model / precision / "metrics.json"
+            record = json.loads(path.read_text())
+            assert record["run"]["precision"] == precision
+            assert record["run"]["device"].endswith(f", {cpu.cores()} threads)")
+    # the VDVAE run trains as its CelebA config does: with the average of its weights
+    assert summary["models"]["vdvae"]["runs"]["bf16"]["weights"] == "ema"
+    table = (out / "summary.md").read_text()
+    assert "dry run on a CPU" in table and "| vdvae | bf16 |" in table
     assert not (out / "celeba-shaped.npz").exists()  # data are never left in results/
-    for precision in ("bf16", "fp16"):
-        record = json.loads((out / "runs/runs/file/dagvae" / precision / "metrics.json").read_text())
-        assert record["run"]["precision"] == precision
-        assert record["run"]["device"].endswith(f", {cpu.cores()} threads)")
 
 
 def test_slurm_example_is_valid_bash() -> None:

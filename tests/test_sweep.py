@@ -28,14 +28,10 @@ from tests.conftest import CONFIGS, run_cli
 SMOKE = CONFIGS / "sweeps" / "smoke.yaml"
 
 
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smoke sweep, run once by the CLI in a subprocess: its results root."""
-    cwd = tmp_path_factory.mktemp("sweep")
-    result = run_cli("sweep", str(SMOKE), "--out", "results", cwd=cwd)
-    assert result.returncode == 0, result.stderr
-    assert "sweep smoke: 0 skipped, 4 finished, 0 failed, 0 interrupted" in result.stdout
-    return cwd / "results"
+@pytest.fixture
+def swept(smoke_sweep: Path) -> Path:
+    """The smoke sweep (conftest.smoke_sweep, shared with the board's tests): its results root."""
+    return smoke_sweep
 
 
 def test_every_run_records_its_sweep(swept: Path) -> None:
@@ -94,6 +90,7 @@ def test_the_report_renders_in_a_real_browser(swept: Path) -> None:
     seen = browser.view(page)
     (swept / "report.png").write_bytes(seen.screenshot)
     assert seen.console_errors == []
+    assert seen.overflow_px <= 0  # at 1,280 px the page never scrolls sideways; tables do
     assert seen.images >= 6 and seen.broken_images == 0  # curves, KL, collapse, matrices, samples
     assert "lvae" in seen.text and "vae" in seen.text and "toy-corr" in seen.text
     shot = np.asarray(Image.open(io.BytesIO(seen.screenshot)).convert("RGB"), dtype=np.int64)

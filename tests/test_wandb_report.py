@@ -19,7 +19,7 @@ def test_one_section_per_task_over_the_sweeps_runs_grouped_by_model() -> None:
     report = build("hvbench", "someone", "seeds", TASKS)
     assert (report.title, report.entity, report.project) == ("hvbench: seeds", "someone", "hvbench")
     headings = [b.text for b in report.blocks if type(b).__name__ == "H2"]
-    grids = [b for b in report.blocks if type(b).__name__ == "PanelGrid"]
+    grids = [b for b in report.blocks if type(b).__name__ == "PanelGrid"][::2]  # then runs
     assert headings == ["toy-corr", "celeba"] and len(grids) == 2
     for task, grid in zip(headings, grids, strict=True):
         (runset,) = grid.runsets
@@ -32,18 +32,29 @@ def test_one_section_per_task_over_the_sweeps_runs_grouped_by_model() -> None:
 
 def test_panels_compare_bounds_collapse_throughput_and_curves() -> None:
     report = build("p", "e", "seeds", TASKS)
-    grid = next(b for b in report.blocks if type(b).__name__ == "PanelGrid")
-    metrics = {m for p in grid.panels for m in (getattr(p, "metrics", None) or p.y)}
+    grid, runs = [b for b in report.blocks if type(b).__name__ == "PanelGrid"][:2]
+    charts = [p for p in grid.panels if type(p).__name__ != "MediaBrowser"]
+    metrics = {m for p in charts for m in (getattr(p, "metrics", None) or p.y)}
+    (media,) = [p for p in grid.panels if type(p).__name__ == "MediaBrowser"]
+    assert "figures/samples" in media.media_keys
+    (table,) = runs.runsets
+    assert table.groupby == [] and "summary:test/elbo_nats" in table.visible_columns
+    assert [type(p).__name__ for p in runs.panels] == ["RunComparer"]
     assert {
         "test/elbo_nats",
         "test/iwae_nats",
         "test/elbo_nll_bpd",
         "test/collapse_rate",
+        "test/conditional_collapse_rate",
+        "test/kl_collapse_rate",
         "perf/train_images_per_s",
         "val/elbo_nats",
         "test/kl_share/z1",
-        "test/collapse_rate/z3",
+        "test/conditional_collapse_rate/z3",
     } <= metrics
+    for panel in (p for p in charts if "collapse" in p.title):  # one measure per panel, named
+        (measure,) = {m.split("/")[1] for m in panel.metrics}
+        assert measure in panel.title
     (curves,) = [p for p in grid.panels if type(p).__name__ == "LinePlot"]
     assert curves.x == "step" and curves.groupby_rangefunc == "stddev"
 
