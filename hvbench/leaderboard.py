@@ -28,39 +28,65 @@ from hvbench.aggregate import Spread
 from hvbench.atomic import write_text
 from hvbench.config import PRECISION_NAMES, EvalConfig
 from hvbench.errors import UserError, shown
-from hvbench.metric_table import definition, key
-from hvbench.results import MalformedRecord, load_metrics, metrics_versions, read_status, run_status
+from hvbench.metric_table import BY_NAME, definition, key, title
+from hvbench.results import (
+    MalformedRecord,
+    folder_of,
+    load_metrics,
+    metrics_versions,
+    read_status,
+    run_status,
+    runs_dir,
+    with_folder,
+)
 
-COLUMNS = (
-    ("task", "task"),
-    ("model", "model"),
-    ("run_id", "run"),
-    ("seed", "seed"),
-    ("split", "split"),
-    ("eval", "re-evaluated with"),
-    ("elbo_nats", "ELBO (nats) ↑"),
-    ("examples", "n"),
-    ("nll_per_dim", "−ELBO per dim ↓"),
-    ("iwae_nats", "IWAE-k (nats) ↑"),
-    ("iwae_elbo_nats", "ELBO, IWAE set ↑"),
-    ("iwae_k", "k"),
-    ("iwae_examples", "n IWAE"),
-    ("reference_iwae_bpd", "−IWAE bpd ↓ (published split)"),
-    ("reference", "published split, k, n"),
-    ("active_units", "active/units"),
-    ("uncertain_units", "uncertain"),
-    ("conditional_active_units", "cond. active/units"),
-    ("collapse_rate", "collapse ↓"),
-    ("kl_collapse_rate", "KL-collapse ↓"),
-    ("mig", "MIG ↑"),
-    ("dci_lasso_disentanglement", "DCI-lasso D ↑"),
-    ("train_images_per_s", "train img/s"),
-    ("eval_images_per_s", "eval img/s"),
-    ("parameters", "params"),
-    ("device", "device"),
-    ("precision", "precision"),
-    ("steps", "steps"),
-    ("data_source", "data source"),
+# columns that show a metric of the table under a name of their own
+METRIC_OF = {
+    "nll_per_dim": "elbo_nll_bpd",  # bits/dim or nats/dim: both lower is better
+    "reference_iwae_bpd": "iwae_nll_bpd",
+    "eval_images_per_s": "<split>_eval_images_per_s",
+}
+
+
+def header(column: str, label: str) -> str:
+    """A column's title: `label` with the metric table's arrow when the column is a metric."""
+    name = METRIC_OF.get(column, column)
+    return title(name, label) if name in BY_NAME else label
+
+
+COLUMNS = tuple(
+    (column, header(column, label))
+    for column, label in (
+        ("task", "task"),
+        ("model", "model"),
+        ("run_id", "run"),
+        ("seed", "seed"),
+        ("split", "split"),
+        ("eval", "re-evaluated with"),
+        ("elbo_nats", "ELBO (nats)"),
+        ("examples", "n"),
+        ("nll_per_dim", "−ELBO per dim"),
+        ("iwae_nats", "IWAE-k (nats)"),
+        ("iwae_elbo_nats", "ELBO, IWAE set"),
+        ("iwae_k", "k"),
+        ("iwae_examples", "n IWAE"),
+        ("reference_iwae_bpd", "−IWAE bpd, published split"),
+        ("reference", "published split, k, n"),
+        ("active_units", "active/units"),
+        ("uncertain_units", "uncertain"),
+        ("conditional_active_units", "cond. active/units"),
+        ("collapse_rate", "collapse"),
+        ("kl_collapse_rate", "KL-collapse"),
+        ("mig", "MIG"),
+        ("dci_lasso_disentanglement", "DCI-lasso D"),
+        ("train_images_per_s", "train img/s"),
+        ("eval_images_per_s", "eval img/s"),
+        ("parameters", "params"),
+        ("device", "device"),
+        ("precision", "precision"),
+        ("steps", "steps"),
+        ("data_source", "data source"),
+    )
 )
 SEED_COLUMNS = aggregate.columns(COLUMNS)
 # The terminal tables: their own short titles (every word of a title stays whole on screen).
@@ -98,22 +124,25 @@ EXTRA = (
     "device",
 )
 SHORT_TITLES = {
-    "run_id": "run",
-    "eval": "re-eval",
-    "elbo_nats": "ELBO ↑",
-    "examples": "n ex.",
-    "nll_per_dim": "−ELBO/dim ↓",
-    "iwae_nats": "IWAE ↑",
-    "iwae_elbo_nats": "ELBO on IWAE set ↑",
-    "iwae_k": "k",
-    "reference_iwae_bpd": "−IWAE bpd ↓",
-    "reference": "published split",
-    "conditional_active_units": "cond. active",
-    "kl_collapse_rate": "KL collapse ↓",
-    "train_images_per_s": "img/s",
-    "eval_images_per_s": "eval img/s",
-    "dci_lasso_disentanglement": "DCI D ↑",
-    "data_source": "data",
+    column: header(column, label)
+    for column, label in {
+        "run_id": "run",
+        "eval": "re-eval",
+        "elbo_nats": "ELBO",
+        "examples": "n ex.",
+        "nll_per_dim": "−ELBO/dim",
+        "iwae_nats": "IWAE",
+        "iwae_elbo_nats": "ELBO on IWAE set",
+        "iwae_k": "k",
+        "reference_iwae_bpd": "−IWAE bpd",
+        "reference": "published split",
+        "conditional_active_units": "cond. active",
+        "kl_collapse_rate": "KL collapse",
+        "train_images_per_s": "img/s",
+        "eval_images_per_s": "eval img/s",
+        "dci_lasso_disentanglement": "DCI D",
+        "data_source": "data",
+    }.items()
 }
 TEXT_COLUMNS = ("task", "model", "run_id", "config", "split", "eval", "device", "precision")
 BEST = "*"  # appended to the model of the best measured row of a task
@@ -141,7 +170,7 @@ def run_dirs(root: Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"results root {root} is not a folder (no runs there); give --root RESULTS")
-    return sorted(p for p in (root / "runs").glob("*/*/*") if p.is_dir())
+    return sorted(p for p in runs_dir(root).glob("*/*/*") if p.is_dir())
 
 
 def load_runs(root: Path) -> list[dict[str, Any]]:
@@ -177,7 +206,7 @@ def load_runs(root: Path) -> list[dict[str, Any]]:
         elbo = run["metrics"].get(key("elbo_nats", _report_split(run)))
         if isinstance(elbo, float) and not math.isfinite(elbo):
             print(f"hvbench: warning: {path}: its ELBO is {elbo}: shown, not ranked", file=sys.stderr)
-        runs.append(run)
+        runs.append(with_folder(run, run_dir))
     return runs
 
 
@@ -210,12 +239,12 @@ def print_sweep(root: Path, run_dirs: list[Path], title: str) -> None:
     for run_dir in run_dirs:
         if run_status(run_dir) == "finished":
             try:
-                runs.append(load_metrics(run_dir))
+                runs.append(with_folder(load_metrics(run_dir), run_dir))
             except MalformedRecord as err:
                 _warn(str(err))
     console = Console()
     if runs:
-        print_table(seed_rows(root, rows(runs)), console, SEED_COLUMNS, title)
+        print_table(seed_rows(runs), console, SEED_COLUMNS, title)
         worlds = sorted({str(r["run"].get("world_size")) for r in runs})
         console.print(
             f"world size {', '.join(worlds)}; runs in {Path(root) / 'runs'}; every run: "
@@ -413,24 +442,21 @@ def _legend(configs: dict[tuple[str, str, str], dict[str, Any] | None]) -> list[
 
 
 def _evaluated_configs(
-    root: Path, main: list[dict[str, Any]]
+    runs: list[dict[str, Any]],
 ) -> dict[tuple[str, str, str], dict[str, Any] | None]:
-    """Each run's config as its latest numbers were computed (aggregate.evaluated_config)."""
-    configs = {}
-    for r in main:
-        run_dir = Path(root) / "runs" / r["task"] / r["model"] / r["run_id"]
-        try:
-            config = aggregate.evaluated_config(run_dir, load_metrics(run_dir))
-        except MalformedRecord:  # changed on disk since the board read it
-            config = aggregate.run_config(run_dir)
-        configs[(r["task"], r["model"], r["run_id"])] = config
-    return configs
+    """Each loaded run's config as its latest numbers were computed
+    (aggregate.evaluated_config), read from the folder the run was loaded from."""
+    return {
+        (r["task"], r["model"], r["run_id"]): aggregate.evaluated_config(folder_of(r), r)
+        for r in runs
+    }
 
 
-def seed_rows(root: Path, main: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The board over seeds: one row per task, model and config as evaluated, so a seed
-    re-evaluated with other eval settings is never averaged with the others (hvbench.aggregate)."""
-    return aggregate.over_seeds(main, _evaluated_configs(root, main))
+def seed_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The board over seeds of loaded runs (`load_runs`): one row per task, model and config as
+    evaluated, so a seed re-evaluated with other eval settings is never averaged with the others
+    (hvbench.aggregate)."""
+    return aggregate.over_seeds(rows(runs), _evaluated_configs(runs))
 
 
 def cells(r: dict[str, Any], columns: tuple[tuple[str, str], ...]) -> list[str]:
@@ -484,7 +510,7 @@ def build(
         raise UserError(f"cannot write the leaderboard into {root}: no write permission")
     runs = load_runs(root)
     main, groups = rows(runs), group_rows(runs)
-    configs = _evaluated_configs(root, main)
+    configs = _evaluated_configs(runs)
     seeds = aggregate.over_seeds(main, configs)
     header = [title for _, title in COLUMNS]
     md = [

@@ -202,6 +202,13 @@ def key(name: str, split: str | None = None, group: str | None = None) -> str:
     return f"{split}/{name}" + (f"/{group}" if group is not None else "")
 
 
+def title(name: str, label: str) -> str:
+    """A column or panel header for metric `name`: `label` and the table's arrow (↑ higher is
+    better, ↓ lower is better), so no header types its own."""
+    arrow = BY_NAME[name].direction
+    return f"{label} {arrow}" if arrow else label
+
+
 def definition(name: str, eval_config: dict[str, Any]) -> str:
     """A metric's definition with the run's eval settings filled in."""
     return BY_NAME[name].definition.format(**eval_config)

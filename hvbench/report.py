@@ -42,7 +42,7 @@ from hvbench.leaderboard import (
 )
 from hvbench.metric_table import BY_NAME, definition
 from hvbench.metric_table import key as metric_key
-from hvbench.results import figures_dir, metrics_versions
+from hvbench.results import figures_dir, folder_of, metrics_versions
 from hvbench.tracking import read_history
 
 CURVES = (("val/elbo_nats", "validation ELBO (nats)"), ("train/elbo_nats", "training ELBO (nats)"))
@@ -91,7 +91,7 @@ def build(root: Path, out: Path | None = None) -> Path:
     """Write `root`/report.html (or `out`) from every finished run under `root`/runs."""
     root = Path(root)
     runs = load_runs(root)
-    seeds = seed_rows(root, rows(runs))
+    seeds = seed_rows(runs)
     by_id = {(r["task"], r["model"], r["run_id"]): r for r in runs}
     cards = published.load()
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -111,8 +111,8 @@ def build(root: Path, out: Path | None = None) -> Path:
     for task in sorted({r["task"] for r in seeds}):
         task_rows = [r for r in seeds if r["task"] == task]
         models = [(_label(r, task_rows), [by_id[(task, r["model"], i)] for i in r["runs"]]) for r in task_rows]
-        section = _task_section(task, task_rows, [c for c in cards if c["task"] == task], models, root)
-        body += [*section, *_run_figures(models, root, path.parent)]
+        section = _task_section(task, task_rows, [c for c in cards if c["task"] == task], models)
+        body += [*section, *_run_figures(models, path.parent)]
     page = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<title>hvbench report</title>"
@@ -127,7 +127,6 @@ def _task_section(
     task_rows: list[dict[str, Any]],
     cards: list[dict[str, Any]],
     models: list[tuple[str, list[dict[str, Any]]]],
-    root: Path,
 ) -> list[str]:
     members = [m for _, runs in models for m in runs]
     out = [
@@ -138,7 +137,7 @@ def _task_section(
         _run_table(sorted(rows(members), key=lambda r: (r["model"], str(r["seed"]))), members),
         "</details>",
     ]
-    histories = [(label, [read_history(_run_dir(root, r)) for r in members]) for label, members in models]
+    histories = [(label, [read_history(folder_of(r)) for r in members]) for label, members in models]
     if any(h for _, hs in histories for h in hs):
         out.append(_figure(_curves(histories), "curves: each run thin, mean over seeds bold, band ±1 std"))
     for what, title in GROUP_BARS:
@@ -147,7 +146,7 @@ def _task_section(
             out.append(_figure(bars, f"{title}: mean ± std over seeds, per latent group"))
     for label, members in models:
         first = min(members, key=lambda r: str(r["run"].get("seed")))
-        folder = figures_dir(metrics_versions(_run_dir(root, first))[-1])
+        folder = figures_dir(metrics_versions(folder_of(first))[-1])
         split = first["run"]["eval_splits"][-1]
         out.append(f"<h3>{html.escape(label)}</h3>")
         for name, caption in (
@@ -262,13 +261,13 @@ def _legend(runs: list[dict[str, Any]]) -> str:
 
 
 def _run_figures(
-    models: list[tuple[str, list[dict[str, Any]]]], root: Path, page_dir: Path
+    models: list[tuple[str, list[dict[str, Any]]]], page_dir: Path
 ) -> list[str]:
     """Links to every run's figures (every seed, the latest evaluation's), relative to the page."""
     items = []
     for label, members in models:
         for run in sorted(members, key=lambda r: str(r["run"].get("seed"))):
-            folder = figures_dir(metrics_versions(_run_dir(root, run))[-1])
+            folder = figures_dir(metrics_versions(folder_of(run))[-1])
             split = run["run"]["eval_splits"][-1]
             names = [*RUN_FIGURES, (f"factor_unit_{split}.png", "factor × unit")]
             links = [
@@ -283,10 +282,6 @@ def _run_figures(
     if not items:
         return []
     return ["<details><summary>Every run's figures</summary><ul class='note'>", *items, "</ul></details>"]
-
-
-def _run_dir(root: Path, run: dict[str, Any]) -> Path:
-    return root / "runs" / run["task"] / run["model"] / run["run_id"]
 
 
 def _label(row: dict[str, Any], task_rows: list[dict[str, Any]]) -> str:

@@ -75,8 +75,29 @@ def run_id_problem(run_id: str) -> str | None:
     return None
 
 
+RUNS = "runs"  # results/<RUNS>/<task>/<model>/<run-id>: every run folder's place
+FOLDER_KEY = "run_dir"  # where a loaded record keeps the folder it was read from
+
+
+def runs_dir(root: Path) -> Path:
+    """The folder holding every run folder under an output root."""
+    return Path(root) / RUNS
+
+
 def run_dir_of(root: Path, task: str, model: str, run_id: str) -> Path:
-    return Path(root) / "runs" / task / model / run_id
+    """Where a new run is written: the one place a run folder's path is built."""
+    return runs_dir(root) / task / model / run_id
+
+
+def with_folder(record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A loaded record that remembers its folder, so readers of many runs (the board, the
+    report, the W&B report) use the folder it was read from and never rebuild its path."""
+    return {**record, FOLDER_KEY: Path(run_dir)}
+
+
+def folder_of(run: dict[str, Any]) -> Path:
+    """The folder a record loaded by `with_folder` was read from."""
+    return run[FOLDER_KEY]
 
 
 def check_writable_root(root: Path) -> None:

@@ -41,6 +41,7 @@ from hvbench.config import RunConfig, flatten, key_options, resolve
 from hvbench.device import device_name, peak_memory_mb
 from hvbench.errors import UserError, shown
 from hvbench.evaluate import SplitEvaluation, evaluate_split, mean_elbo
+from hvbench.metric_table import key
 from hvbench.options import Option, may_reevaluate, may_resume
 from hvbench.paths import cache_dir
 from hvbench.registry import MODELS, TASKS
@@ -80,7 +81,7 @@ from hvbench.train import (
 RESUME_SAFE = may_resume
 WEIGHTS_FILE = "model.safetensors"  # the final weights, for people who only want the model
 # Metrics measured while training: a re-evaluation carries them over from the run's record.
-TRAINING_METRICS = ("perf/train_images_per_s", "train/skipped_steps", "train/overflow_steps")
+TRAINING_METRICS = (key("train_images_per_s"), "train/skipped_steps", "train/overflow_steps")
 
 
 def execute(cfg: RunConfig) -> Path:
@@ -119,12 +120,12 @@ def saved_config(
     cfg = resolve(config_file=run_dir / "config.yaml", overrides=overrides)
     before, after = flatten(saved.to_dict()), flatten(cfg.to_dict())
     fields = key_options(cfg)
-    for key in sorted(set(before) | set(after)):
-        field_key = ".".join(key.split(".")[:2])  # a nested value belongs to its field
-        if before.get(key) != after.get(key) and not allowed(fields.get(field_key, Option())):
+    for path in sorted(set(before) | set(after)):
+        field_key = ".".join(path.split(".")[:2])  # a nested value belongs to its field
+        if before.get(path) != after.get(path) and not allowed(fields.get(field_key, Option())):
             raise UserError(
-                f"{how} cannot change {key} (the run has {before.get(key)!r}, asked "
-                f"{after.get(key)!r}): it would change the run's numbers; {how} may change: "
+                f"{how} cannot change {path} (the run has {before.get(path)!r}, asked "
+                f"{after.get(path)!r}): it would change the run's numbers; {how} may change: "
                 f"{_keys_named(fields, allowed)}"
             )
     return cfg
@@ -133,8 +134,8 @@ def saved_config(
 def _keys_named(fields: dict[str, Option], allowed: Callable[[Option], bool]) -> str:
     """The keys `allowed` accepts, a section whose every key it accepts as `section.*`."""
     sections: dict[str, list[str]] = {}
-    for key in fields:
-        sections.setdefault(key.split(".")[0], []).append(key)
+    for path in fields:
+        sections.setdefault(path.split(".")[0], []).append(path)
     named: list[str] = []
     for section, keys in sections.items():
         accepted = [k for k in keys if allowed(fields[k])]
@@ -206,9 +207,9 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
             }
             metrics.update(
                 {
-                    "perf/train_images_per_s": result.images_per_s,
-                    "perf/parameters": parameters,
-                    "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
+                    key("train_images_per_s"): result.images_per_s,
+                    key("parameters"): parameters,
+                    key("peak_memory_mb"): peak_memory_mb(accelerator.device),
                     "train/skipped_steps": result.skipped_steps,
                     "train/overflow_steps": result.overflow_steps,
                 }
@@ -401,8 +402,8 @@ def reevaluate(run_dir: Path, overrides: list[str], checkpoint: int | None = Non
     }
     metrics: dict[str, Any] = {k: v for e in evaluations.values() for k, v in e.metrics.items()}
     metrics.update({k: v for k, v in previous["metrics"].items() if k in TRAINING_METRICS})
-    metrics["perf/parameters"] = sum(p.numel() for p in model.parameters())
-    metrics["perf/peak_memory_mb"] = peak_memory_mb(accelerator.device)
+    metrics[key("parameters")] = sum(p.numel() for p in model.parameters())
+    metrics[key("peak_memory_mb")] = peak_memory_mb(accelerator.device)
     path = run_dir / METRICS_FILE
     if accelerator.is_main_process:
         steps = previous["run"].get("steps", cfg.train.steps)
@@ -463,7 +464,7 @@ def _evaluate_checkpoint(run_dir: Path, cfg: RunConfig, overrides: list[str], st
         for split in task.eval_splits
     }
     metrics: dict[str, Any] = {k: v for e in evaluations.values() for k, v in e.metrics.items()}
-    metrics["perf/parameters"] = sum(p.numel() for p in model.parameters())
+    metrics[key("parameters")] = sum(p.numel() for p in model.parameters())
     if accelerator.is_main_process:
         record = _record(cfg, task, accelerator, evaluations, metrics, run_dir.name, step, started)
         record["checkpoint"] = {"step": step, "folder": f"{FOLDER}/{folder.name}"}

@@ -45,7 +45,7 @@ import yaml
 from hvbench.config import configs_dir, load_yaml, read_yaml, resolve
 from hvbench.errors import UserError, shown
 from hvbench.registry import MODELS, TASKS
-from hvbench.results import run_status
+from hvbench.results import run_dir_of, run_status
 
 KEYS = ("name", "tasks", "models", "seeds", "config", "set", "variants", "launcher", "executor")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # one safe path component (fullmatch)
@@ -141,7 +141,7 @@ def load(path: Path, root: str | None = None, given: tuple[str, ...] = ()) -> Sw
                         *([f"output.root={root}"] if root else []),
                     ]
                     cfg = resolve(task, model, config, overrides)
-                    run_dir = Path(cfg.output.root) / "runs" / task / model / run_id
+                    run_dir = run_dir_of(Path(cfg.output.root), task, model, run_id)
                     _check_unchanged(run_dir, cfg.to_dict())
                     entries.append(
                         Entry(task, model, seed, variant, config, tuple(overrides), run_dir)

@@ -19,17 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from hvbench.errors import UserError
+from hvbench.metric_table import key, title
+from hvbench.results import folder_of, runs_dir
 from hvbench.tracking import STEP
 
 INSTALL = "pip install 'hvbench[wandb-report]' (the wandb-workspaces package)"
 # the summary metrics of the runs table, beside each run's name and seed
 RUN_COLUMNS = (
-    "test/elbo_nats",
-    "test/iwae_nats",
-    "test/conditional_active_units",
-    "test/units",
-    "test/kl_collapse_rate",
-    "perf/train_images_per_s",
+    key("elbo_nats", "test"),
+    key("iwae_nats", "test"),
+    key("conditional_active_units", "test"),
+    key("units", "test"),
+    key("kl_collapse_rate", "test"),
+    key("train_images_per_s"),
 )
 # the figures every run logs (hvbench.run._figures), shown as media
 MEDIA = ("samples", "reconstructions", "latent_histograms", "kl_per_unit", "factor_unit_test")
@@ -48,10 +50,10 @@ def sweep_tasks(root: Path, sweep: str) -> dict[str, dict[str, list[str]]]:
     from hvbench.leaderboard import load_runs
 
     out: dict[str, dict[str, list[str]]] = {}
-    if not (Path(root) / "runs").is_dir():
+    if not runs_dir(root).is_dir():
         return out
     for run in load_runs(root):
-        run_dir = Path(root) / "runs" / run["task"] / run["model"] / run["run_id"]
+        run_dir = folder_of(run)
         if _sweep_of(run_dir) == sweep:
             split = run["run"]["eval_splits"][-1]
             out.setdefault(run["task"], {})[run["model"]] = list(run["units"].get(split, {}))
@@ -65,10 +67,10 @@ def runs_on_disk(root: Path, sweep: str) -> list[dict[str, Any]]:
     from hvbench.tracking import WANDB_ID
 
     out: list[dict[str, Any]] = []
-    if not (Path(root) / "runs").is_dir():
+    if not runs_dir(root).is_dir():
         return out
     for run in load_runs(root):
-        run_dir = Path(root) / "runs" / run["task"] / run["model"] / run["run_id"]
+        run_dir = folder_of(run)
         if _sweep_of(run_dir) != sweep:
             continue
         logged = (run_dir / WANDB_ID).is_file()
@@ -148,27 +150,36 @@ def _panels(wr: Any, models: dict[str, list[str]]) -> list[Any]:
 
     groups = sorted({g for names in models.values() for g in names})
     panels = [
-        bars("test ELBO (nats) ↑", ["test/elbo_nats"]),
-        bars("test IWAE (nats) ↑", ["test/iwae_nats"]),
-        bars("test −ELBO per dim ↓ (bits/dim or nats/dim)", ["test/elbo_nll_bpd", "test/elbo_nll_nats_per_dim"]),
-        bars("conditional collapse ↓ (conditional_collapse_rate)", ["test/conditional_collapse_rate"]),
-        bars("collapse ↓ (Burda: collapse_rate)", ["test/collapse_rate"]),
-        bars("KL collapse ↓ (kl_collapse_rate)", ["test/kl_collapse_rate"]),
-        bars("training throughput (images/s)", ["perf/train_images_per_s"]),
+        bars(title("elbo_nats", "test ELBO (nats)"), [key("elbo_nats", "test")]),
+        bars(title("iwae_nats", "test IWAE (nats)"), [key("iwae_nats", "test")]),
+        bars(
+            title("elbo_nll_bpd", "test −ELBO per dim (bits/dim or nats/dim)"),
+            [key("elbo_nll_bpd", "test"), key("elbo_nll_nats_per_dim", "test")],
+        ),
+        bars(
+            title("conditional_collapse_rate", "conditional collapse (conditional_collapse_rate)"),
+            [key("conditional_collapse_rate", "test")],
+        ),
+        bars(title("collapse_rate", "collapse (Burda: collapse_rate)"), [key("collapse_rate", "test")]),
+        bars(title("kl_collapse_rate", "KL collapse (kl_collapse_rate)"), [key("kl_collapse_rate", "test")]),
+        bars(title("train_images_per_s", "training throughput (images/s)"), [key("train_images_per_s")]),
         wr.LinePlot(
-            title="validation ELBO (nats)",
+            title=title("elbo_nats", "validation ELBO (nats)"),
             x=STEP,
-            y=["val/elbo_nats"],
+            y=[key("elbo_nats", "val")],
             groupby_aggfunc="mean",
             groupby_rangefunc="stddev",
         ),
     ]
     if groups:
         panels += [
-            bars("KL share per latent group", [f"test/kl_share/{g}" for g in groups]),
+            bars("KL share per latent group", [key("kl_share", "test", g) for g in groups]),
             bars(
-                "conditional collapse per latent group (conditional_collapse_rate)",
-                [f"test/conditional_collapse_rate/{g}" for g in groups],
+                title(
+                    "conditional_collapse_rate",
+                    "conditional collapse per latent group (conditional_collapse_rate)",
+                ),
+                [key("conditional_collapse_rate", "test", g) for g in groups],
             ),
         ]
     panels.append(

@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from hvbench.latents import hierarchy_output
-from hvbench.leaderboard import build
+from hvbench.leaderboard import build, load_runs
+from hvbench.results import folder_of
 from hvbench.task import TaskSpec
 from tests.conftest import REPO
 from tests.flow_plugin import NAME, FlowVAE, FlowVAEConfig
@@ -76,6 +77,8 @@ def test_a_plugin_model_with_a_flow_posterior_trains_evaluates_and_ranks(tmp_pat
     assert m["test/units"] == 5 and "test/rate_nats/flow" in m and "test/kl_nats/top" in m
     assert m["test/kl_collapse_rate"] == m["test/kl_collapse_rate/top"]  # the KL group only
 
+    (loaded,) = load_runs(root)  # a plug-in's run loads without the plug-in, from its folder
+    assert folder_of(loaded) == root / "runs" / "toy-corr" / NAME / "flow"
     runs, groups, _ = build(root)
     assert [(r["model"], r["run_id"]) for r in runs] == [(NAME, "flow")]
     terms = {g["group"]: g["term"] for g in groups}

@@ -9,7 +9,7 @@ from accelerate import Accelerator
 from hvbench import leaderboard
 from hvbench.config import EvalConfig, build
 from hvbench.evaluate import evaluate_split
-from hvbench.metric_table import BY_NAME, README_BEGIN, README_END, key, readme_block
+from hvbench.metric_table import BY_NAME, README_BEGIN, README_END, key, readme_block, title
 from hvbench.registry import MODELS
 from hvbench.task import TaskData, TaskSpec
 from tests.conftest import REPO
@@ -54,6 +54,15 @@ def test_leaderboard_columns_read_keys_of_the_table() -> None:
     for column, _ in leaderboard.COLUMNS:
         assert column in own or column in BY_NAME, column
     assert key("<split>_eval_images_per_s", "val") == "perf/val_eval_images_per_s"
+
+
+def test_board_and_wandb_report_headers_take_their_arrows_from_the_table() -> None:
+    for column, header in leaderboard.COLUMNS:
+        name = leaderboard.METRIC_OF.get(column, column)
+        arrow = BY_NAME[name].direction if name in BY_NAME else ""
+        assert header.endswith(f" {arrow}") if arrow else not header.endswith(("↑", "↓")), column
+    assert leaderboard.header("train_images_per_s", "img/s") == "img/s ↑"
+    assert title("iwae_k", "k") == "k" and title("collapse_rate", "collapse") == "collapse ↓"
 
 
 def _record(split_metrics: dict, reference_split: str | None) -> dict:
