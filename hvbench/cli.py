@@ -539,11 +539,11 @@ def _log_traceback(err: BaseException) -> str:
 def _fail(line: str, code: int) -> None:
     """One line on stderr, from rank 0 only under torchrun / accelerate launch (every process
     fails alike), and the exit status."""
-    if os.environ.get("RANK", "0") == "0":
-        print(" ".join(line.split()), file=sys.stderr)  # one line, whatever a message holds
-    if code > 128:  # stopped by a signal: a second one while shutting down ends it at once
+    if code > 128:  # stopped by a signal: a second one from now on ends the process at once
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _exit_now(code))
+    if os.environ.get("RANK", "0") == "0":
+        print(" ".join(line.split()), file=sys.stderr)  # one line, whatever a message holds
     sys.exit(code)
 
 
