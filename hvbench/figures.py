@@ -27,6 +27,10 @@ from torch import Tensor
 from hvbench.atomic import write_atomic
 
 MAX_UNIT_LABELS = 64  # factor × unit matrix: more unit names than this would overlap
+# pixel values (C·H·W summed over images) one mosaic shows: 32×32 grey images fill 4 rows of 8
+# twice over, 64×64 colour ones 2 rows; keeps each PNG near or under 150 KB, since the report
+# inlines them and W&B stores them per run
+MOSAIC_VALUES = 2**18
 
 
 def to_display(x: Tensor, likelihood: str) -> Tensor:
@@ -73,8 +77,10 @@ def _mosaic_figure(mosaic: Tensor) -> tuple[plt.Figure, plt.Axes]:
 def reconstruction_grid(
     originals: Tensor, reconstructions: Tensor, path: Path, columns: int = 8
 ) -> Path:
-    """Rows of originals, each followed by its row of reconstructions."""
-    n = (min(len(originals), 4 * columns) // columns) * columns or len(originals)
+    """Rows of originals, each followed by its row of reconstructions (at most four pairs,
+    fewer for large images)."""
+    pairs_fit = max(1, MOSAIC_VALUES // (2 * columns * originals[0].numel()))
+    n = (min(len(originals), min(4, pairs_fit) * columns) // columns) * columns or len(originals)
     pairs = []
     for start in range(0, n, columns):
         pairs += [originals[start : start + columns], reconstructions[start : start + columns]]
@@ -86,7 +92,9 @@ def reconstruction_grid(
 
 
 def sample_grid(samples: Tensor, path: Path, columns: int = 8) -> Path:
-    mosaic = _tile(samples, columns)
+    """Rows of prior samples: at most four, fewer for large images."""
+    rows = max(1, min(4, MOSAIC_VALUES // (columns * samples[0].numel())))
+    mosaic = _tile(samples[: rows * columns], columns)
     fig, ax = _mosaic_figure(mosaic)
     _show(ax, mosaic)
     ax.set_title("samples from the prior (decoder means)", fontsize=9)
