@@ -33,7 +33,7 @@ from hvbench.probe import CLOCKS, CONV_BATCH, DTYPES, count_flops, cpu_features,
 from hvbench.progress import StepReporter
 from hvbench.registry import MODELS
 from hvbench.task import Likelihood, TaskSpec
-from hvbench.train import with_speed_options
+from hvbench.train import make_optimizer, with_speed_options
 
 OPTIONS = ("plain", "channels_last", "compile")  # train.channels_last / train.compile
 
@@ -159,7 +159,7 @@ class Stepper:
         self, model: torch.nn.Module, spec: TaskSpec, cell: Cell, device: torch.device
     ) -> None:
         self.model, self.train = model, cell.mode == "train"
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-4) if self.train else None
+        self.optimizer = make_optimizer("adam", model.parameters(), 1e-4) if self.train else None
         generator = torch.Generator().manual_seed(0)
         self.x = synthetic_batch(spec, cell.batch_size, generator).to(device)
         self.dtype = DTYPES[cell.precision]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hvbench.errors import UserError
@@ -26,6 +27,8 @@ Shape = tuple[int, int, int]  # (C, H, W)
 Size = tuple[int, int]  # (H, W)
 Activation = Literal["elu", "relu", "silu"]
 ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU, "silu": nn.SiLU}
+# activations whose backward reads their output, so they may overwrite their input
+IN_PLACE = {"elu", "relu"}
 
 
 @dataclass(frozen=True)
@@ -148,9 +151,16 @@ def shortcut(in_ch: int, out_ch: int, size: Size, out: Size) -> nn.Module:
 
 
 class Dropout(nn.Module):
-    """Inverted dropout whose mask is drawn as (fp32 uniform < keep): the distribution of
-    `nn.Dropout`, at half its forward-and-backward cost on a CPU, where `bernoulli_` costs
-    three uniform draws and took 5% of the paper configs' bf16 training steps."""
+    """Inverted dropout, `nn.Dropout`'s distribution drawn cheaply.
+
+    On a GPU it is torch's fused dropout (one kernel). On a CPU every random number comes
+    from one Mersenne Twister, one draw at a time: `bernoulli_` costs three uniform draws
+    per element and one fp32 uniform per element still took 9% of a paper config's bf16
+    step. So the mask is read from random *bits*, 64 a draw: 8 per element when the keep
+    probability is a multiple of 1/256 (the paper configs' 0.5), else 16 (keep rounded to
+    a multiple of 2⁻¹⁶, as an fp32 uniform rounds it to 2⁻²⁴), compared with keep·2^bits.
+    The mask is laid out like x (channels last too) and applied in x's dtype.
+    """
 
     def __init__(self, p: float):
         super().__init__()
@@ -159,9 +169,25 @@ class Dropout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return x
-        keep = 1.0 - self.p
-        mask = torch.rand_like(x, dtype=torch.float32) < keep  # x's layout (channels last)
-        return x * mask.to(x.dtype).mul_(1.0 / keep)
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        return x * self.scaled_mask(x)
+
+    def scaled_mask(self, x: Tensor) -> Tensor:
+        """1/keep where an element is kept and 0 where dropped, in x's dtype and layout."""
+        keep, n = 1.0 - self.p, x.numel()
+        bits = 8 if (keep * 256).is_integer() else 16
+        words = torch.empty(-(-n * bits // 64), dtype=torch.int64, device=x.device)
+        words.random_(-(2**63), None)  # every bit uniform
+        if bits == 8:
+            values, threshold = words.view(torch.uint8)[:n], int(keep * 256)
+        else:  # int16 runs from -2¹⁵: keep·2¹⁶ values lie below the threshold
+            values, threshold = words.view(torch.int16)[:n], min(round(keep * 2**16), 2**16 - 1)
+            threshold -= 2**15
+        kept = torch.empty_like(x, dtype=torch.bool)  # x's layout; dense, so flat in memory
+        torch.lt(values, threshold, out=kept.as_strided((n,), (1,)))
+        # through uint8: torch casts bool to bf16 five times slower than uint8
+        return kept.view(torch.uint8).to(x.dtype).mul_(1.0 / keep)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -193,6 +219,8 @@ class GatedResBlock(nn.Module):
         channels, *size = in_shape
         size = tuple(size)
         self.act = ACTIVATIONS[activation]()
+        # on conv₁'s output, which nothing else reads: in place, its backward reads its output
+        self.act_h = ACTIVATIONS[activation](inplace=activation in IN_PLACE)
         self.conv1 = nn.Conv2d(channels, filters, kernel, padding=kernel // 2)
         self.skip = None
         if skip_shape is not None:
@@ -204,13 +232,26 @@ class GatedResBlock(nn.Module):
         self.shortcut = shortcut(channels, filters, size, out) if residual else None
         self.out_shape: Shape = (filters, *out)
 
-    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, skip: Tensor | None = None, *, activated_skip: Tensor | None = None
+    ) -> Tensor:
+        """`activated_skip`: act(skip) when the caller has it (a stack that feeds one skip to
+        several blocks activates it once)."""
         h = self.conv1(self.act(x) if self.shortcut is not None else x)
         if self.skip is not None:
-            h = h + self.skip(self.act(skip))
-        a, b = self.conv2(self.dropout(self.act(h))).chunk(2, dim=1)
-        y = a * torch.sigmoid(b)
+            h = h + self.skip(self.act(skip) if activated_skip is None else activated_skip)
+        y = _gate(self.conv2(self.dropout(self.act_h(h))))
         return y + self.shortcut(x) if self.shortcut is not None else y
+
+
+def _gate(h: Tensor) -> Tensor:
+    """a ⊙ σ(b) for (a, b) = h's two halves of channels. In NCHW that is `F.glu`, one op forward
+    and one backward (twice as fast on a CPU as the three ops and the gradients' `cat`);
+    torch's channels-last GLU is slower than the three ops, which it keeps."""
+    if h.is_contiguous():
+        return F.glu(h, dim=1)
+    a, b = h.chunk(2, dim=1)
+    return a * torch.sigmoid(b)
 
 
 class ConvStack(nn.Module):
@@ -218,7 +259,8 @@ class ConvStack(nn.Module):
 
     Returns every block's output too: the generative stack of the stage above
     hands them to the stage below as skips (the official code's pairing:
-    block j feeds block j).
+    block j feeds block j). A skip given to several blocks in a row (BIVA's and the
+    stacked VAE's inference stacks) is activated once for all of them.
     """
 
     def __init__(
@@ -255,9 +297,11 @@ class ConvStack(nn.Module):
     def forward(
         self, x: Tensor, skips: Sequence[Tensor] | None = None
     ) -> tuple[Tensor, list[Tensor]]:
-        hidden = []
+        hidden, activated = [], None
         for j, block in enumerate(self.blocks):
-            x = block(x, skips[j] if skips is not None else None)
+            if skips is not None and (j == 0 or skips[j] is not skips[j - 1]):
+                activated = block.act(skips[j])
+            x = block(x, activated_skip=activated)
             hidden.append(x)
         return x, hidden
 
@@ -294,7 +338,16 @@ class LatentMLP(nn.Sequential):
 
 
 class LatentToFeatures(nn.Module):
-    """A latent sample back to a stage-shaped map: linear + reshape (dense), 1×1 conv (spatial)."""
+    """A latent sample back to a stage-shaped map: linear + reshape (dense), 1×1 conv (spatial).
+
+    The projection runs in fp32 (see `LatentMLP`); its output is cast once to the autocast
+    dtype, so the stack it feeds runs in that dtype: left in fp32, it made each residual sum
+    fp32 and every activation and conv input after it a cast and an fp32 pass. In the same
+    copy the map takes `memory_format` (`train.channels_last` sets it), the layout of the
+    convolutions it feeds.
+    """
+
+    memory_format = torch.contiguous_format
 
     def __init__(self, units: int, shape: Shape, spatial: bool):
         super().__init__()
@@ -306,8 +359,11 @@ class LatentToFeatures(nn.Module):
         )
 
     def forward(self, z: Tensor) -> Tensor:
-        with torch.autocast(z.device.type, enabled=False):  # see LatentMLP: z stays unrounded
-            return self.proj(z.float()).view(-1, *self.shape)
+        device = z.device.type
+        with torch.autocast(device, enabled=False):  # see LatentMLP: z stays unrounded
+            h = self.proj(z.float()).view(-1, *self.shape)
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        return h.to(dtype, memory_format=self.memory_format)
 
 
 class GenerativeStage(nn.Module):

@@ -72,6 +72,7 @@ from hvbench.train import (
     Interrupted,
     TrainingDiverged,
     TrainResult,
+    make_optimizer,
     total_steps,
     train,
     with_speed_options,
@@ -152,8 +153,7 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path | None) -> Path:
     task = load_task(cfg)
     model = build_model(cfg, task)
     parameters = sum(p.numel() for p in model.parameters())
-    optimizers = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
-    optimizer = optimizers[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr)
+    optimizer = make_optimizer(cfg.train.optimizer, model.parameters(), cfg.train.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
     set_seed(cfg.train.seed, device_specific=True)  # each process draws its own noise
 

@@ -20,12 +20,13 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
 from torch import Tensor
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from hvbench.checkpoint import Checkpointer, read_ema
 from hvbench.config import TrainConfig
@@ -78,11 +79,38 @@ class TrainResult:
     ema: EMA | None = None  # the averaged weights when train.ema_rate > 0
 
 
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamax": torch.optim.Adamax,
+}
+
+
+def make_optimizer(
+    name: str, parameters: Iterable[torch.nn.Parameter], lr: float
+) -> torch.optim.Optimizer:
+    """`train.optimizer` over `parameters`, updating every tensor in one call: Adam's fused
+    kernel where torch has one for the parameters' device (CUDA; CPUs since torch 2.4),
+    else the foreach implementation. torch's default on a CPU is a Python loop of about
+    eight element-wise ops per tensor (4% of a paper config's bf16 step). The update is
+    the same up to rounding, and a resumed run takes the same path as an uninterrupted one
+    (`load_state_dict` restores the group's `fused`/`foreach` with the moments)."""
+    parameters = list(parameters)
+    devices = {p.device.type for p in parameters}
+    fused = name == "adam" and devices <= set(_get_fused_kernels_supported_devices())
+    speed = {"fused": True} if fused else {"foreach": True}
+    return OPTIMIZERS[name](parameters, lr=lr, **speed)
+
+
 def with_speed_options(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     """`train.channels_last` and `train.compile`, applied in place: parameter names, state
-    dicts and checkpoints stay those of the plain model (`Module.compile`, not a wrapper)."""
+    dicts and checkpoints stay those of the plain model (`Module.compile`, not a wrapper).
+    Channels-last also goes to every module with a `memory_format` (one that makes a map
+    from a vector), so no map enters the convolutions in the other layout."""
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+        for module in model.modules():
+            if hasattr(module, "memory_format"):
+                module.memory_format = torch.channels_last
     if cfg.compile:
         model.compile()
     return model

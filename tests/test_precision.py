@@ -98,14 +98,27 @@ def test_speed_options_keep_parameter_names() -> None:
     assert model._compiled_call_impl is not None  # compiled on its first call
 
 
-def test_dropout_keeps_the_distribution_of_nn_dropout() -> None:
+@pytest.mark.parametrize("p", [0.3, 0.5])  # a mask of 16-bit and of 8-bit draws
+def test_dropout_keeps_the_distribution_of_nn_dropout(p: float) -> None:
     torch.manual_seed(0)
-    drop = Dropout(0.3)
+    drop = Dropout(p)
     x = torch.ones(400, 500, requires_grad=True)
     y = drop(x)
     dropped = (y == 0).float().mean()
-    assert dropped == pytest.approx(0.3, abs=0.005)  # 5 standard errors of 200,000 draws
-    assert y.unique().tolist() == [0.0, pytest.approx(1 / 0.7)]
+    assert dropped == pytest.approx(p, abs=0.005)  # 5 standard errors of 200,000 draws
+    assert y.unique().tolist() == [0.0, pytest.approx(1 / (1 - p))]
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # the gradient is masked and scaled alike
     assert drop.eval()(x) is x
+
+
+def test_dropout_masks_follow_the_activations_dtype_and_layout() -> None:
+    """A bf16 channels-last map gets a bf16 channels-last mask: no cast, no layout copy; the
+    mask's memory is drawn in order, so elements next to each other in memory are independent."""
+    torch.manual_seed(0)
+    x = torch.ones(8, 16, 12, 12, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    y = Dropout(0.5)(x)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    kept = (y != 0).permute(0, 2, 3, 1).flatten().float()  # memory order
+    assert kept.mean() == pytest.approx(0.5, abs=0.02)
+    assert (kept[1:] == kept[:-1]).float().mean() == pytest.approx(0.5, abs=0.02)
