@@ -10,7 +10,9 @@ interleaved rounds, each round opening with the machine's own conv and matmul
 rates (`hvbench.probe`): a host that slows down mid-run slows every cell and
 probe of a round alike, so the fractions of the machine's rate stay comparable.
 A cell's step is the training loop's step (autocast forward, backward,
-optimiser step), with the loop's own speed options applied the same way.
+optimiser step), with the loop's own speed options applied the same way. With
+`profile_steps`, each cell's step is then run under torch's profiler once timing is done
+and its time split by category of op (`hvbench.breakdown`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 
 from hvbench.atomic import write_atomic, write_json
+from hvbench.breakdown import CATEGORIES, profile_steps
 from hvbench.config import TrainConfig, build, read_yaml, section_overrides
 from hvbench.device import device_name, peak_memory_mb, synchronize
 from hvbench.errors import UserError
@@ -94,6 +97,7 @@ class Cell:
     round_images_per_s: list[float] = field(default_factory=list)
     step_ms: list[float] = field(default_factory=list)
     peak_memory_mb: float | None = None  # per cell on a GPU; a CPU has one process peak
+    profile: dict[str, Any] | None = None  # hvbench.breakdown.profile_steps, when asked
 
     @property
     def images_per_s(self) -> float:
@@ -215,11 +219,14 @@ def run_matrix(
     probe_seconds: float = 0.5,
     probe_batch: int = CONV_BATCH,
     clock: str = "wall",
+    profile: int = 0,
 ) -> BenchReport:
     """Time every cell for `steps` steps in each of `rounds` rounds (cells in reverse order
     on odd rounds, so a drifting machine biases no cell); every round opens with the probes
     of each precision in the matrix. `clock="cpu"` times by the process's CPU time: rates per
-    core-second, which other processes on the machine barely move (use it with one thread)."""
+    core-second, which other processes on the machine barely move (use it with one thread).
+    `profile` > 0: after the rounds, that many steps of each cell under torch's profiler give
+    its time by category (outside the timed steps: the profiler slows what it records)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if clock == "cpu" and device.type == "cuda":
         raise UserError("--clock cpu times the host's work only; a GPU bench needs --clock wall")
@@ -229,6 +236,8 @@ def run_matrix(
         raise UserError(f"unknown bench option {bad[0]!r}; choose from: {', '.join(OPTIONS)}")
     if min(batches) < 1 or steps < 1 or rounds < 1 or warmup < 0:
         raise UserError("--batch, --steps and --rounds must be positive and --warmup not negative")
+    if profile < 0:
+        raise UserError(f"--profile takes a positive number of steps, got {profile}")
     mode = "train" if train else "eval"
     cells, steppers = [], []
     for entry in models:
@@ -270,6 +279,9 @@ def run_matrix(
                     cell.peak_memory_mb = peak_memory_mb(device)
                 done += 1
                 reporter.update(done)
+    if profile:
+        for cell, step in zip(cells, steppers, strict=True):
+            cell.profile = profile_steps(step, profile, device)
     return BenchReport(
         machine={
             "device": device_name(device),
@@ -285,6 +297,7 @@ def run_matrix(
             "rounds": rounds,
             "probe_batch": probe_batch,
             "clock": clock,
+            "profile_steps": profile,
         },
         probes={p: _summary(found) for p, found in probes.items()},
         cells=cells,
@@ -333,6 +346,19 @@ def table_rows(record: dict[str, Any]) -> list[list[str]]:
     return [[fmt(c) for _, fmt in COLUMNS] for c in record["cells"]]
 
 
+PROFILE_COLUMNS = (
+    *COLUMNS[:4],
+    ("ms/step", lambda c: f"{c['profile']['ms_per_step']:,.0f}"),
+    *((f"% {k}", lambda c, k=k: f"{100 * c['profile']['shares'][k]:.1f}") for k in CATEGORIES),
+    ("% non-conv", lambda c: f"{100 * c['profile']['non_convolution_share']:.1f}"),
+)
+
+
+def profile_rows(record: dict[str, Any]) -> list[list[str]]:
+    """The profiled cells' time by category (`hvbench bench --profile`); none without it."""
+    return [[fmt(c) for _, fmt in PROFILE_COLUMNS] for c in record["cells"] if c.get("profile")]
+
+
 def probe_lines(record: dict[str, Any]) -> list[str]:
     lines = []
     for precision, probe in record["probes"].items():
@@ -361,10 +387,24 @@ def markdown(record: dict[str, Any]) -> str:
         *[f"- {line}" for line in probe_lines(record)],
         "",
     ]
-    names = [name for name, _ in COLUMNS]
-    rows = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    rows += ["| " + " | ".join(row) + " |" for row in table_rows(record)]
+    rows = _markdown_table([name for name, _ in COLUMNS], table_rows(record))
+    profiled = profile_rows(record)
+    if profiled:
+        rows += [
+            "",
+            f"Step time by category of op (torch's profiler, self time per op, "
+            f"{settings['profile_steps']} steps a cell after the timed ones; "
+            "hvbench/breakdown.py maps ops to categories; non-conv: casts + random + "
+            "element-wise):",
+            "",
+            *_markdown_table([name for name, _ in PROFILE_COLUMNS], profiled),
+        ]
     return "\n".join(head + rows) + "\n"
+
+
+def _markdown_table(names: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def write(record: dict[str, Any], folder: Path) -> tuple[Path, Path]:

@@ -202,7 +202,16 @@ def _bench(args: argparse.Namespace) -> None:
 
     import torch
 
-    from hvbench.bench import COLUMNS, bench_models, probe_lines, run_matrix, table_rows, write
+    from hvbench.bench import (
+        COLUMNS,
+        PROFILE_COLUMNS,
+        bench_models,
+        probe_lines,
+        profile_rows,
+        run_matrix,
+        table_rows,
+        write,
+    )
 
     models = bench_models(args.model, args.config, args.set, args.shape, args.likelihood)
     if args.threads:
@@ -220,6 +229,7 @@ def _bench(args: argparse.Namespace) -> None:
         probe_seconds=args.probe_seconds,
         probe_batch=args.probe_batch,
         clock=args.clock,
+        profile=args.profile,
     )
     record = report.as_dict()
     console = Console(width=None if sys.stdout.isatty() else 160)  # a log keeps every column
@@ -231,6 +241,13 @@ def _bench(args: argparse.Namespace) -> None:
     console.print(table)
     for line in probe_lines(record):
         console.print(f"machine {line}")
+    if args.profile:
+        profile = Table(title=f"step time by category of op ({args.profile} profiled steps)")
+        for name, _ in PROFILE_COLUMNS:
+            profile.add_column(name, justify="left" if name in ("model", "option") else "right")
+        for row in profile_rows(record):
+            profile.add_row(*row)
+        console.print(profile)
     if args.out:
         paths = write(record, Path(args.out))
         console.print(f"wrote {paths[0]} and {paths[1]}")
@@ -440,6 +457,16 @@ def parser() -> argparse.ArgumentParser:
         default="wall",
         help="cpu: time by the process's CPU time (with --threads 1, a busy machine's other "
         "processes barely move it)",
+    )
+    bench.add_argument(
+        "--profile",
+        type=int,
+        nargs="?",
+        const=2,
+        default=0,
+        metavar="STEPS",
+        help="after timing, profile STEPS steps of each cell (2 if not given) and give its time "
+        "by category of op: convolution, matmul, casts, random, optimiser, element-wise, other",
     )
     bench.add_argument("--threads", type=int, help="torch CPU threads")
     bench.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
