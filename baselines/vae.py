@@ -8,7 +8,7 @@ is exactly the β-VAE net of Burgess et al. 2018 (4 × conv 32, 2 × FC 256,
 `stacked-vae` is the stacked VAE of the official BIVA code (`VaeStage`): one
 latent group per stage, inferred bottom-up (q(z_i | z_{i-1}), z_0 = x) with the
 same stages, skips and latent heads as `lvae` and `biva`, so the three compare
-like for like (configs/paper/stacked-vae.yaml).
+like for like (`configs/paper/vae.yaml` builds it at the official code's sizes).
 """
 
 from __future__ import annotations

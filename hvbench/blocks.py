@@ -155,8 +155,8 @@ class Dropout(nn.Module):
 
     On a GPU it is torch's fused dropout (one kernel). On a CPU every random number comes
     from one Mersenne Twister, one draw at a time: `bernoulli_` costs three uniform draws
-    per element and one fp32 uniform per element still took 9% of a paper config's bf16
-    step. So the mask is read from random *bits*, 64 a draw: 8 per element when the keep
+    per element and even one fp32 uniform per element is a visible share of a small
+    net's step. So the mask is read from random *bits*, 64 a draw: 8 per element when the keep
     probability is a multiple of 1/256 (the paper configs' 0.5), else 16 (keep rounded to
     a multiple of 2⁻¹⁶, as an fp32 uniform rounds it to 2⁻²⁴), compared with keep·2^bits.
     The mask is laid out like x (channels last too) and applied in x's dtype.
@@ -186,7 +186,7 @@ class Dropout(nn.Module):
             threshold -= 2**15
         kept = torch.empty_like(x, dtype=torch.bool)  # x's layout; dense, so flat in memory
         torch.lt(values, threshold, out=kept.as_strided((n,), (1,)))
-        # through uint8: torch casts bool to bf16 five times slower than uint8
+        # through uint8: torch casts bool to bf16 much slower than uint8
         return kept.view(torch.uint8).to(x.dtype).mul_(1.0 / keep)
 
     def extra_repr(self) -> str:
@@ -328,9 +328,9 @@ class LatentParams(nn.Module):
 class LatentMLP(nn.Sequential):
     """A small Sequential that runs in fp32 under autocast: the layers that produce a latent
     group's (μ, log σ) or read its samples. bf16 keeps 8 mantissa bits, so near |z| = 2 it
-    rounds in steps of 2⁻⁷ ≈ 0.008, coarser than a tight posterior's σ: a DAG-VAE trained in
-    bf16 lost 0.46-0.63% of its toy test ELBO, and 0.08-0.17% with these layers in fp32.
-    They are tiny next to the convolutions. Parameter names are nn.Sequential's."""
+    rounds in steps of 2⁻⁷ ≈ 0.008, coarser than a tight posterior's σ
+    (results/bf16-vs-fp32.md measures what that cost a DAG-VAE). They are tiny next to the
+    convolutions. Parameter names are nn.Sequential's."""
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):

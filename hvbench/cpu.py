@@ -12,12 +12,10 @@ user's, a value only here is the launcher's default.
 
 Memory: glibc returns freed blocks of a training step's activations to the
 kernel (large blocks are mmapped, the heap top is trimmed) and faults fresh
-zeroed pages in on the next step: 14,000-22,000 page faults per step of the
-Burgess conv VAE at batch 64, a fifth to a quarter of its CPU time in the kernel,
-and how many depends on what the process allocated before (a dataset load
-changes the counts: the likeliest reason `hvbench bench`, a fresh process, timed a
-model slower than the training loop did).
-Fixed thresholds keep a step's memory mapped for the next one (no faults).
+zeroed pages in on the next step, thousands per step of a conv VAE, with CPU time
+spent in the kernel that depends on what the process allocated before (so two
+processes timing the same model would disagree). Fixed thresholds keep a step's
+memory mapped for the next one (no faults).
 """
 
 from __future__ import annotations

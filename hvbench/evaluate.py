@@ -148,8 +148,8 @@ class _BatchDraws:
 def full_precision(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
     """The model as the final evaluation runs it: out of DDP and without Accelerate's autocast
     around forward, so every reported number is computed in fp32 whatever the training
-    precision, and runs trained in bf16 and fp32 are scored alike (a bf16 forward moved a toy
-    lvae's test ELBO by 0.04%, 0.6 nats: more than some gaps the board ranks). It strips the
+    precision, and runs trained in bf16 and fp32 are scored alike (a bf16 forward moves an
+    ELBO by more than some gaps the board ranks). It strips the
     autocast wrapper in place, so it is for after training; the periodic validation during
     training keeps the training precision."""
     return accelerator.unwrap_model(model, keep_fp32_wrapper=False)

@@ -1,9 +1,8 @@
 """What the machine itself can do, measured in the same process as the model it is compared
 with: convolution and matmul rates per precision, and the FLOPs a step costs.
 
-Machines sharing a host change speed from one minute to the next (the same code ran 1.9×
-faster one day than another here), so a model's GFLOP/s only means something as a
-fraction of rates taken in the same run. The conv probe uses the layers that dominate the
+Machines sharing a host change speed from one minute to the next, so a model's GFLOP/s
+only means something as a fraction of rates taken in the same run. The conv probe uses the layers that dominate the
 paper architectures (64 channels, 3×3 and 5×5, at 14 and 28 px, forward and both
 backward convolutions); the matmul probe is one 1024² product (8192² on a GPU, which a
 smaller one leaves mostly idle).

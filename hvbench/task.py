@@ -2,19 +2,41 @@
 
 A task is declared, not subclassed (lm-evaluation-harness): a module in
 `tasks/` registers a loader `load(cfg, cache_dir) -> TaskData` with
-`@register_task`. Splits are whole tensors so that on a GPU a split lives on
-the device and a batch is one index gather.
+`@register_task`. A split is a whole tensor, so that on a GPU it lives on the
+device and a batch is one index gather, or anything indexed like one (`Split`):
+a 🤗 dataset larger than memory stays memory-mapped on disk (`tasks/_arrow.py`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
 Likelihood = Literal["bernoulli", "gaussian", "dlogistic"]
+
+
+class Split(Protocol):
+    """What the training loop and the evaluation use of a split: a (N, C, H, W) tensor has it,
+    and so has a split left on disk (`MappedSplit`, tasks/_arrow.py)."""
+
+    @property
+    def shape(self) -> torch.Size: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        """Rows as a tensor, for an index tensor, array, slice or int."""
+        ...
+
+    def to(self, device: torch.device | str) -> Split:
+        """The split for a device (a split on disk stays there; its batches are moved)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -35,8 +57,8 @@ class TaskSpec:
 class TaskData:
     """A loaded task.
 
-    `splits[name]` is (N, C, H, W): uint8 for binary ({0, 1}) and 8-bit
-    ({0..255}) images, float32 for continuous data. `factors[name]` is (N, K)
+    `splits[name]` is (N, C, H, W), a tensor or a `Split` indexed like one: uint8 for
+    binary ({0, 1}) and 8-bit ({0..255}) images, float32 for continuous data. `factors[name]` is (N, K)
     float32 ground truth in the order of `factor_names`. `source` records where
     the numbers came from (a generator version or a file hash), and
     `eval_splits` which splits the final evaluation reports.
@@ -44,7 +66,7 @@ class TaskData:
 
     name: str
     spec: TaskSpec
-    splits: dict[str, torch.Tensor]
+    splits: dict[str, Split]
     source: str
     factor_names: tuple[str, ...] = ()
     factors: dict[str, torch.Tensor] = field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""The GPU path measured, in one command, when a GPU machine is lent (a few minutes):
+"""The GPU path measured, in one command on a GPU machine (a few minutes):
 
     python scripts/gpu_check.py                      # writes results/gpu/
     python scripts/gpu_check.py --dry --out /tmp/g   # the same path on a CPU, tiny sizes

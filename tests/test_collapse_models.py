@@ -43,8 +43,8 @@ SEEDS = 2
 def ignoring_x(name: str, seed: int) -> torch.nn.Module:
     """A model whose posteriors ignore x, with large ancestral noise.
 
-    lvae is the reviewer's construction: the top posterior equals its N(0, I)
-    prior and every lower bottom-up estimate has σ = e⁴, so each merged
+    lvae: the top posterior equals its N(0, I) prior and every lower bottom-up
+    estimate has σ = e⁴, so each merged
     posterior is (almost) its conditional prior, whose mean follows the parents
     drawn above. The others get wider posteriors and steeper heads.
     """

@@ -1,6 +1,6 @@
-"""scripts/gpu_check.py, the one command for a lent GPU machine, exercised on its dry path
+"""scripts/gpu_check.py, the one command for a GPU machine, exercised on its dry path
 (a CPU, a narrow copy of the model): the same accelerate launches, bench matrix and
-summary files, so that on the day a GPU is lent the script is known to run through.
+summary files, so the script is known to run through before it meets a GPU.
 Also the launcher's thread share: `accelerate launch` writes OMP_NUM_THREADS=1 for its one
 process, and the runs must still use every core."""
 

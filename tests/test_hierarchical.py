@@ -42,7 +42,8 @@ GROUPS = {
     "biva": ["z1_bu", "z1_td", "z2_bu", "z2_td", "z3"],
 }
 SPEC = TaskSpec((1, 12, 12), "bernoulli")
-# the official biva-pytorch 0.1.4 models at 1×28×28 (peer_throughput.py)
+# the official biva-pytorch 0.1.4 models at 1×28×28: their parameter counts, read from the
+# official code (scripts/side_by_side.py times the same nets)
 OFFICIAL_PARAMETERS = {"vae": 17_804_706, "lvae": 16_524_450, "biva": 31_550_946}
 
 

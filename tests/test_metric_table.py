@@ -49,7 +49,8 @@ def test_every_key_evaluation_writes_is_in_the_table() -> None:
 
 def test_leaderboard_columns_read_keys_of_the_table() -> None:
     """The per-run columns that are metrics carry the table's names."""
-    own = {"task", "model", "run_id", "split", "nll_per_dim", "reference_iwae_bpd", "reference"}
+    own = {"task", "model", "run_id", "seed", "split", "eval", "nll_per_dim", "reference_iwae_bpd"}
+    own.add("reference")
     own |= {"eval_images_per_s", "device", "precision", "steps", "data_source"}
     for column, _ in leaderboard.COLUMNS:
         assert column in own or column in BY_NAME, column
