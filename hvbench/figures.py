@@ -153,7 +153,12 @@ def kl_per_unit(
     def terms(stats: dict[str, Any]) -> list[float]:
         return stats["kl_nats"] if "kl_nats" in stats else stats["rate_nats"]
 
-    names = [f"{g}[{i}]" for g, stats in units.items() for i in range(len(terms(stats)))]
+    def unit_names(group: str, stats: dict[str, Any]) -> list[str]:
+        whole = len(terms(stats)) == 1 and len(stats.get("activity", [0])) > 1
+        return [group] if whole else [f"{group}[{i}]" for i in range(len(terms(stats)))]
+
+    # a group whose density does not factor over its units has one term, named by the group
+    names = [name for g, stats in units.items() for name in unit_names(g, stats)]
     fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(names) + 2), 3.2))
     offset, smallest = 0, threshold
     for i, (group, stats) in enumerate(units.items()):

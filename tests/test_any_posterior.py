@@ -57,7 +57,7 @@ def test_a_plugin_model_with_a_flow_posterior_trains_evaluates_and_ranks(tmp_pat
                           "val_examples": 64},
                 "eval": {"batch_size": 128, "iwae_k": 4, "iwae_examples": 16, "au_samples": 2},
                 "wandb": {"mode": "disabled"},
-                "output": {"root": str(root), "run_id": "flow", "figures": False},
+                "output": {"root": str(root), "run_id": "flow"},
             }
         )
     )
@@ -76,6 +76,7 @@ def test_a_plugin_model_with_a_flow_posterior_trains_evaluates_and_ranks(tmp_pat
     assert "rate_nats" in record["units"]["test"]["flow"]
     assert m["test/units"] == 5 and "test/rate_nats/flow" in m and "test/kl_nats/top" in m
     assert m["test/kl_collapse_rate"] == m["test/kl_collapse_rate/top"]  # the KL group only
+    assert (root / "runs" / "toy-corr" / NAME / "flow" / "figures" / "kl_per_unit.png").is_file()
 
     (loaded,) = load_runs(root)  # a plug-in's run loads without the plug-in, from its folder
     assert folder_of(loaded) == root / "runs" / "toy-corr" / NAME / "flow"
