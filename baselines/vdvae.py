@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from hvbench.errors import UserError
 from hvbench.latents import AncestralModel, DiagonalGaussian, LatentSample, draw
 from hvbench.likelihoods import get_likelihood
-from hvbench.options import AT_LEAST_1, option
+from hvbench.options import AT_LEAST_0, AT_LEAST_1, POSITIVE, option
 from hvbench.registry import register_model
 from hvbench.task import TaskSpec
 
@@ -60,19 +60,21 @@ _TOKEN = re.compile(r"([0-9]+)(?:([xdm])([0-9]+))?")
 class VDVAEConfig:
     """VDVAE's hyper-parameters under their official names (defaults: a CPU-sized 32×32 net)."""
 
-    width: int = 32  # channels of every residual stream
-    zdim: int = 4  # channels of every latent group (a channel is a unit)
-    bottleneck_multiple: float = 0.25  # a block's inner width, as a fraction of `width`
+    width: int = option(32, range=AT_LEAST_1)  # channels of every residual stream
+    zdim: int = option(4, range=AT_LEAST_1)  # channels of a latent group (a channel is a unit)
+    # a block's inner width, as a fraction of `width`
+    bottleneck_multiple: float = option(0.25, range=POSITIVE)
     # the layout as VDVAE's strings; empty: derived from the image (`auto_layout`)
     enc_blocks: str = ""
     dec_blocks: str = ""
-    blocks_per_res: int = 2  # blocks per resolution of a derived layout
-    no_bias_above: int = 64  # a learned initial top-down state at resolutions up to this
+    blocks_per_res: int = option(2, range=AT_LEAST_1)  # blocks per resolution, derived layout
+    # a learned initial top-down state at resolutions up to this (0: none)
+    no_bias_above: int = option(64, range=AT_LEAST_0)
     activation: Literal["gelu", "silu"] = "gelu"  # VDVAE: GELU; Efficient-VDVAE: SiLU
     # the prior block's last conv starts at zero (VDVAE; Efficient-VDVAE found it makes no
     # difference and leaves it off): each block then starts as the identity with p = N(0, I)
     zero_prior: bool = True
-    mixtures: int = option(10, range=AT_LEAST_1)  # logistic mixture components (dlogistic tasks only)
+    mixtures: int = option(10, range=AT_LEAST_1)  # logistic mixture components (dlogistic only)
 
 
 def auto_layout(image: int, per_res: int) -> tuple[str, str]:
