@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -564,17 +565,20 @@ def print_table(
     best = _best(rows_)
     titles = dict(columns)
     for k in extra:
-        if wide or _width(rows_, [*keys, k], titles, best) <= console.width:
+        if wide or _width(rows_, [*keys, k], titles, best, stacked=True) <= console.width:
             keys.append(k)
     hidden = [k for k in available if k not in keys and k in EXTRA]
     order = [*reversed([k for k in keys if k in EXTRA]), *DROP_ORDER, *SPLITTING]
-    while not wide and _width(rows_, keys, titles, best) > console.width:
+    while not wide and _width(rows_, keys, titles, best, stacked=True) > console.width:
         droppable = [k for k in order if k in keys]
         if not droppable:
             break  # task, model and run id alone: the terminal wraps them
         keys.remove(droppable[0])
         hidden.insert(0, droppable[0])
-    table = _table(rows_, [k for k in available if k in keys], titles, best, title)
+    shown = [k for k in available if k in keys]
+    # titles on one line where that fits, else each wrapped at its spaces to its column
+    stacked = not wide and _width(rows_, shown, titles, best) > console.width
+    table = _table(rows_, shown, titles, best, title, stacked)
     if wide:  # as wide as the table takes: a pager (`less -S`) or a log shows it whole
         needed = _width(rows_, keys, titles, best)
         console = Console(width=max(console.width, needed), file=console.file)
@@ -599,8 +603,10 @@ def _table(
     titles: dict[str, str],
     best: set[int],
     title: str,
+    stacked: bool = False,
 ) -> Table:
-    """The rich table; each column as wide as its longest cell or title word, never narrower."""
+    """The rich table; each column as wide as its longest cell or title word, never narrower
+    (`stacked`: a title's words wrapped onto lines of that width, not one line)."""
     body = [
         [_short(r, k) + (f" {BEST}" if k == "model" and i in best else "") for k in keys]
         for i, r in enumerate(rows_)
@@ -608,7 +614,13 @@ def _table(
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0, 0, 1))
     for j, k in enumerate(keys):
         head = SHORT_TITLES.get(k, titles[k])
-        words = [cell_len(w) for w in head.split()] + [cell_len(row[j]) for row in body]
+        if stacked:  # an arrow stays with the word before it (a no-break space)
+            head = head.replace(" ↑", "\u00a0↑").replace(" ↓", "\u00a0↓")
+        words = [cell_len(w) for w in head.split(" ")] + [cell_len(row[j]) for row in body]
+        if stacked:
+            head = "\n".join(
+                textwrap.wrap(head, max(words), break_long_words=False, break_on_hyphens=False)
+            )
         table.add_column(
             head,
             justify="left" if k in TEXT_COLUMNS else "right",
@@ -621,12 +633,17 @@ def _table(
 
 
 def _width(
-    rows_: list[dict[str, Any]], keys: list[str], titles: dict[str, str], best: set[int]
+    rows_: list[dict[str, Any]],
+    keys: list[str],
+    titles: dict[str, str],
+    best: set[int],
+    stacked: bool = False,
 ) -> int:
-    """The width the table takes with every number on one line and every title word whole."""
+    """The width the table takes with every number on one line and every title word whole
+    (`stacked`: titles wrapped at their spaces, the narrowest it can be)."""
     console = Console(width=10_000, file=io.StringIO(), color_system=None)
     with console.capture() as captured:
-        console.print(_table(rows_, keys, titles, best, ""))
+        console.print(_table(rows_, keys, titles, best, "", stacked))
     return max((cell_len(line.rstrip()) for line in captured.get().splitlines()), default=0)
 
 
