@@ -210,10 +210,12 @@ class LatentSample:
         return rate_units(self.q.log_prob(self.z), self.p.log_prob(self.z), self.z), False
 
     def log_ratio(self) -> Tensor:
-        """(B,) log p(z) − log q(z): this group's factor of an importance weight."""
-        return per_example(self.p.log_prob(self.z), self.z) - per_example(
-            self.q.log_prob(self.z), self.z
-        )
+        """(B,) log p(z) − log q(z): this group's factor of an importance weight (differences
+        taken element by element where both densities are, as sums of them lose digits)."""
+        log_p, log_q = self.p.log_prob(self.z), self.q.log_prob(self.z)
+        if log_p.shape == log_q.shape:
+            return per_example(log_p - log_q, self.z)
+        return per_example(log_p, self.z) - per_example(log_q, self.z)
 
 
 def draw(q: Latent, p: Latent, analytic: bool = True) -> LatentSample:
