@@ -146,10 +146,17 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    from hvbench.leaderboard import run_dirs
     from hvbench.report import build
+    from hvbench.results import run_status
 
     path = build(Path(args.root), Path(args.out) if args.out else None)
     Console().print(f"wrote [bold]{path}[/bold]")
+    if not any(run_status(d) == "finished" for d in run_dirs(Path(args.root))):
+        print(
+            f"no finished runs under {args.root}/runs yet: start with `hvbench sweep "
+            "configs/sweeps/smoke.yaml` (seconds) or `hvbench run --task toy-corr --model vae`"
+        )
 
 
 def _wandb_report(args: argparse.Namespace) -> None:

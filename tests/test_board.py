@@ -101,6 +101,9 @@ def test_an_empty_results_root_says_how_to_start(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "no finished runs under results/runs yet" in result.stdout
     assert "hvbench sweep configs/sweeps/smoke.yaml" in result.stdout
+    result = run_cli("report", "--root", "results", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "no finished runs under results/runs yet" in result.stdout
 
 
 def test_the_sweep_ends_with_its_board_and_where_its_runs_went(smoke_sweep: Path) -> None:
