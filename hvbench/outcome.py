@@ -82,7 +82,7 @@ def result_lines(record: dict[str, Any], path: Any, wandb_where: str | None = No
     rate = m.get(key("train_images_per_s"))
     how = [
         *([f"train {_num(rate)} img/s"] if rate is not None else []),
-        f"world size {info['world_size']} ({info['device']})",
+        f"world size {info['world_size']} on {info['device']}",
         PRECISION_NAMES.get(info["precision"], info["precision"]),
         f"{info['steps']} steps",
     ]
