@@ -21,6 +21,7 @@ from rich.table import Table
 
 from hvbench.config import _SHARED_SECTIONS, configs_dir
 from hvbench.errors import UserError
+from hvbench.options import Option, of
 from hvbench.registry import MODELS, TASKS
 
 _FIELD_COMMENT = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$")
@@ -83,15 +84,29 @@ def options(name: str, console: Console) -> None:
 
 
 def option_rows(cls: type) -> list[tuple[str, str, str, str]]:
-    """(name, type, default, comment) of each field of a config dataclass."""
+    """(name, type, default, meaning) of each field of a config dataclass: the comment beside
+    the field and what the field declares (hvbench.options: its range, what it changes)."""
     hints = typing.get_type_hints(cls)
     comments = _comments(cls)
     out = []
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        out.append((f.name, _type_name(hints[f.name]), _default(f), comments.get(f.name, "")))
+        meaning = "; ".join(filter(None, [comments.get(f.name, ""), *_declared(of(f))]))
+        out.append((f.name, _type_name(hints[f.name]), _default(f), meaning))
     return out
+
+
+def _declared(what: Option) -> list[str]:
+    """What a field's declaration adds to its meaning (nothing for the safe default)."""
+    facts = [f"must be {what.range.rule}"] if what.range else []
+    if what.seed:
+        facts.append("a seed: the board averages runs that differ only here")
+    if what.affects == "scores":
+        facts.append("changes only the scores (hvbench eval may change it)")
+    elif what.affects == "nothing":
+        facts.append("changes no number" + (" (--resume may change it)" if what.resume else ""))
+    return facts
 
 
 def _comments(cls: type) -> dict[str, str]:

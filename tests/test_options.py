@@ -1,8 +1,9 @@
 """What a config field is, declared once on the field: every rule derived from it follows it.
 
 The config hash (seeds of one configuration), the checkpoint fingerprint, what `--resume` and
-`hvbench eval` may change, and the range checks all read `hvbench/options.py`'s declaration;
-changing one field's declaration must move every one of them, with no list to edit beside it.
+`hvbench eval` may change, the range checks and `hvbench list` all read the declaration
+(`hvbench/options.py`); changing one field's declaration must move every one of them, with no
+list to edit beside it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hvbench.aggregate import config_hash
 from hvbench.checkpoint import fingerprint
 from hvbench.config import TrainConfig, resolve
 from hvbench.errors import UserError
+from hvbench.listing import option_rows
 from hvbench.options import AT_LEAST_0, KEY, Option, may_reevaluate
 from hvbench.results import save_config
 from hvbench.run import RESUME_SAFE, saved_config
@@ -47,6 +49,8 @@ def test_one_declaration_moves_hash_fingerprint_resume_and_range(
         saved_config(run_dir, ["train.log_every=7"], RESUME_SAFE, "--resume")
     with pytest.raises(UserError, match=r"'train\.log_every' must be an integer >= 1, got 0"):
         resolve("toy-corr", "vae", overrides=["train.log_every=0"])
+    (row,) = [r for r in option_rows(TrainConfig) if r[0] == "log_every"]
+    assert row[3] == "must be an integer >= 1"  # `hvbench list train` shows the declaration
 
     _declare(
         monkeypatch, TrainConfig, "log_every", Option(affects="nothing", resume=True, range=AT_LEAST_0)
@@ -55,6 +59,8 @@ def test_one_declaration_moves_hash_fingerprint_resume_and_range(
     assert fingerprint(other) == fingerprint(base)
     assert saved_config(run_dir, ["train.log_every=7"], RESUME_SAFE, "--resume").train.log_every == 7
     assert resolve("toy-corr", "vae", overrides=["train.log_every=0"]).train.log_every == 0
+    (row,) = [r for r in option_rows(TrainConfig) if r[0] == "log_every"]
+    assert row[3] == "must be an integer >= 0; changes no number (--resume may change it)"
 
 
 def test_a_field_declared_as_a_score_is_what_hvbench_eval_may_change(
