@@ -286,7 +286,7 @@ def main() -> None:
         "single-root",
         lines,
         "## 2. One root against five (`configs/sweeps/single-root.yaml`)",
-        "dagvae, plain ELBO, 10 units either way: one-root is the toy tasks' own DAG (size → "
+        "dagvae, plain ELBO, 600 steps, 10 units either way: one-root is the toy tasks' own DAG (size → "
         "x, y → brightness → angle), five-roots the same nodes without edges; `-mirrored` "
         "swaps the spatial trunk for dense layers as wide as the DAG's levels.",
     )
@@ -296,7 +296,7 @@ def main() -> None:
         lines,
         "## 3–4. dSprites at a CPU budget (`configs/sweeps/dsprites-cpu.yaml`, "
         "`dsprites-mirrored.yaml`)",
-        "1,500 steps of 64 (0.14 epoch of the generated grid): every model, and the DAG-VAE "
+        "1,000 steps of 64 (0.1 epoch of the generated grid): every model, and the DAG-VAE "
         "with the mirrored trunk (its own table below).",
     )
     per_node_table(groups, "dsprites-mirrored", lines, "### dSprites, mirrored trunk", "")
@@ -307,7 +307,7 @@ def main() -> None:
         groups,
         ("dsprites-cpu", "dsprites-mirrored"),
         figures / "dsprites-elbo.png",
-        "dSprites at 1,500 steps",
+        "dSprites at 1,000 steps",
     )
     factor_unit_figure(
         groups, ("dsprites-cpu", "dsprites-mirrored"), figures / "dsprites-factor-unit.png"
