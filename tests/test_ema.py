@@ -124,3 +124,15 @@ def test_checkpoints_of_runs_without_an_average_keep_their_fingerprint() -> None
     before = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "ema_rate"}}
     assert fingerprint(cfg) == fingerprint(before)
     assert fingerprint({**cfg, "train": {**cfg["train"], "ema_rate": 0.9}}) != fingerprint(cfg)
+
+
+def test_eval_of_an_ema_checkpoint_scores_its_average(root: Path) -> None:
+    """`hvbench eval --checkpoint` of the final step scores that checkpoint's average, with its
+    RNGs: the run's own numbers come back (the raw weights would give others)."""
+    ema = run_dir(root, "ema")
+    in_process("eval", str(ema), "--checkpoint", str(STEPS))
+    step = measured(json.loads((ema / f"metrics.step-{STEPS:08d}.json").read_text()))
+    final = measured(json.loads((ema / "metrics.json").read_text()))
+    assert step == {k: v for k, v in final.items() if not k.startswith("train/")}
+    record = json.loads((ema / f"metrics.step-{STEPS:08d}.json").read_text())
+    assert record["run"]["weights"] == "ema"
