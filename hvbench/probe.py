@@ -10,15 +10,20 @@ smaller one leaves mostly idle).
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hvbench.device import synchronize
 
+# lscpu flags that decide bf16 speed (and the vector width fp32 runs at)
+LSCPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2")
 CONV_SHAPES = ((3, 14), (3, 28), (5, 14), (5, 28))  # (kernel, side), 64 → 64 channels
 CONV_BATCH, CONV_CHANNELS, MATMUL_SIZE = 64, 64, 1024
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -110,3 +115,17 @@ def cpu_features() -> dict[str, bool]:
     converts bf16 to fp32 around fp32 arithmetic and bf16 convolutions run slower than fp32."""
     names = ("avx512_bf16", "amx_tile", "avx512", "avx2")
     return {name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)()) for name in names}
+
+
+def lscpu() -> dict[str, Any]:
+    """The CPU's model name and bf16-relevant flags as `lscpu` reports them, for results that
+    name the machine they were measured on (None where there is no lscpu). The same machine
+    kind has bf16 units on some days and not on others, so a record says which it had."""
+    if shutil.which("lscpu") is None:
+        return {"model": None, "flags": None}
+    fields = {}
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        name, _, value = line.partition(":")
+        fields[name.strip()] = value.strip()
+    flags = set(fields.get("Flags", "").split())
+    return {"model": fields.get("Model name"), "flags": {f: f in flags for f in LSCPU_FLAGS}}

@@ -15,7 +15,12 @@ The table gives, per model, the official fp32 images/s, hvbench's fp32 and bf16
 images/s with their ratios to it, and hvbench's bf16 as a percentage of the bf16
 conv rate measured in the same round: on a CPU whose bf16 convolutions are emulated
 (no AVX512-BF16 or AMX) bf16 cannot beat fp32, and the percentage is what says how
-close to the machine's own limit the model runs. Writes OUT/side-by-side.{json,md}.
+close to the machine's own limit the model runs. Each hvbench cell is also profiled
+after its timed steps (`hvbench bench --profile 1`): the share of casts, random numbers
+and element-wise work in its step. The record names the CPU (lscpu's model and bf16
+flags: the same machine kind has bf16 units on some days) and the date, since results
+of both kinds of CPU are kept side by side. `--option channels_last` (or `compile`)
+benches hvbench with that speed option. Writes OUT/side-by-side.{json,md}.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from hvbench.probe import lscpu
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("vae", "lvae", "biva")
@@ -55,6 +62,7 @@ def hvbench(model: str, args: argparse.Namespace) -> dict[str, Any]:
         command = [sys.executable, "-m", "hvbench", "bench"]
         command += ["--config", str(args.configs / f"{model}.yaml"), "--shape", args.shape]
         command += ["--precision", "no", "bf16", "--batch", str(args.batch)]
+        command += ["--options", args.option, "--profile", "1"]
         command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--rounds", "1"]
         command += [
             "--probe-seconds",
@@ -73,6 +81,8 @@ def hvbench(model: str, args: argparse.Namespace) -> dict[str, Any]:
         "fp32_gflop_per_s": cells["no"]["gflop_per_s"],
         "bf16_conv_rate": record["probes"]["bf16"]["conv"],
         "fp32_conv_rate": record["probes"]["no"]["conv"],
+        "bf16_non_conv_share": cells["bf16"]["profile"]["non_convolution_share"],
+        "fp32_non_conv_share": cells["no"]["profile"]["non_convolution_share"],
         "gflop_per_image": cells["no"]["gflop_per_image"],
         "device": record["machine"]["device"],
         "cpu_features": record["machine"]["cpu_features"],
@@ -98,25 +108,49 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, An
     return table
 
 
+def shares(rounds: list[dict[str, Any]]) -> str:
+    """The non-convolution shares of hvbench's bf16 and fp32 steps (— in older records)."""
+    if "bf16_non_conv_share" not in rounds[0]:
+        return "—"
+    bf16 = span(rounds, "bf16_non_conv_share", 100, 0)
+    return f"{bf16}% / {span(rounds, 'fp32_non_conv_share', 100, 0)}%"
+
+
 def span(rounds: list[dict[str, Any]], key: str, scale: float = 1.0, digits: int = 1) -> str:
     values = sorted(r[key] * scale for r in rounds)
     low, high = f"{values[0]:.{digits}f}", f"{values[-1]:.{digits}f}"
     return low if low == high else f"{low}–{high}"
 
 
+def has_bf16_units(record: dict[str, Any]) -> bool:
+    """AVX512-BF16 or AMX, by lscpu's flags where the record has them, else torch's check."""
+    flags = (record.get("cpu") or {}).get("flags")
+    if flags:
+        return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+    features = record["table"][MODELS[0]]["rounds"][0]["cpu_features"]
+    return bool(features.get("avx512_bf16") or features.get("amx_tile"))
+
+
 def markdown(record: dict[str, Any]) -> str:
     first = record["table"][MODELS[0]]["rounds"][0]
     features = ", ".join(k for k, v in first["cpu_features"].items() if v) or "none listed"
+    cpu = record.get("cpu") or {}
+    flags = cpu.get("flags") or {}
+    listed = ", ".join(f for f, on in flags.items() if on) or "none of its bf16 flags"
+    machine = f"{cpu['model']}; lscpu flags: {listed}" if cpu.get("model") else first["device"]
+    option = record.get("option", "plain")
     lines = [
         "# hvbench against the official BIVA code, side by side",
         "",
-        f"{first['device']}, CPU features: {features}; batch {record['batch']}, "
-        f"{record['rounds']} interleaved rounds, wall clock; {record['when']}.",
+        f"{machine} ({first['device']}, torch's CPU features: {features}); batch "
+        f"{record['batch']}, {record['rounds']} interleaved rounds, wall clock, hvbench option "
+        f"{option}; {record.get('date', record['when'][:10])} ({record['when']}).",
         f"Official code: `{record['official']}`.",
         "",
         "| model | official fp32 img/s | hvbench fp32 | hvbench bf16 | bf16 conv rate "
-        "| hvbench bf16 % of it | hvbench fp32 % of the fp32 conv rate |",
-        "|---|---|---|---|---|---|---|",
+        "| hvbench bf16 % of it | hvbench fp32 % of the fp32 conv rate "
+        "| non-conv share bf16 / fp32 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for model in MODELS:
         rounds = record["table"][model]["rounds"]
@@ -126,10 +160,16 @@ def markdown(record: dict[str, Any]) -> str:
             f"| {span(rounds, 'bf16')} ({span(rounds, 'bf16_ratio', digits=2)}×) "
             f"| {span(rounds, 'bf16_conv_rate', digits=0)} GFLOP/s "
             f"| {span(rounds, 'bf16_of_conv_rate', 100, 0)}% "
-            f"| {span(rounds, 'fp32_of_conv_rate', 100, 0)}% |"
+            f"| {span(rounds, 'fp32_of_conv_rate', 100, 0)}% "
+            f"| {shares(rounds)} |"
         )
-    lines += ["", "Ranges are over the rounds; each ratio is taken within one round."]
-    if not (first["cpu_features"].get("avx512_bf16") or first["cpu_features"].get("amx_tile")):
+    lines += [
+        "",
+        "Ranges are over the rounds; each ratio is taken within one round. The non-conv share",
+        "is casts + random numbers + element-wise ops in a profiled step's CPU time",
+        "(`hvbench bench --profile`).",
+    ]
+    if not has_bf16_units(record):
         lines += [
             "This CPU has neither AVX512-BF16 nor AMX: its bf16 convolutions are emulated and",
             "run below fp32's rate, so bf16 cannot beat the official fp32 here; the percentage",
@@ -161,6 +201,12 @@ def main() -> None:
     parser.add_argument("--probe-seconds", type=float, default=0.5, help="per probe shape")
     parser.add_argument("--probe-batch", type=int, default=64, help="batch of the conv probe")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--option",
+        choices=("plain", "channels_last", "compile"),
+        default="plain",
+        help="hvbench's speed option (train.channels_last, train.compile)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "results")
     args = parser.parse_args()
 
@@ -172,11 +218,15 @@ def main() -> None:
             one[model] = {"official_fp32": official(args.official, model, args.official_steps)}
             one[model] |= hvbench(model, args)
         rounds.append(one)
+    now = datetime.now(timezone.utc)
     record = {
         "official": args.label or args.official,
         "batch": args.batch,
         "rounds": args.rounds,
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "option": args.option,
+        "cpu": lscpu(),
+        "date": now.date().isoformat(),
+        "when": now.isoformat(timespec="seconds"),
         "table": summarise(rounds),
     }
     args.out.mkdir(parents=True, exist_ok=True)

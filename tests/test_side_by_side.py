@@ -51,6 +51,11 @@ def test_side_by_side_ratios_are_taken_within_each_round(tmp_path: Path) -> None
 
     record = json.loads((out / "side-by-side.json").read_text())
     assert record["official"] == "stand-in" and record["rounds"] == 2
+    # the machine and the day: results of CPUs with and without bf16 units are kept apart
+    assert record["option"] == "plain" and record["date"] == record["when"][:10]
+    assert set(record["cpu"]) == {"model", "flags"}
+    if record["cpu"]["flags"] is not None:
+        assert {"amx_bf16", "avx512_bf16"} <= set(record["cpu"]["flags"])
     for model in ("vae", "lvae", "biva"):
         for cell in record["table"][model]["rounds"]:
             assert cell["official_fp32"] == OFFICIAL_IMAGES_PER_S
@@ -59,5 +64,7 @@ def test_side_by_side_ratios_are_taken_within_each_round(tmp_path: Path) -> None
             assert cell["bf16_ratio"] == pytest.approx(cell["bf16"] / OFFICIAL_IMAGES_PER_S)
             share = cell["bf16_gflop_per_s"] / cell["bf16_conv_rate"]
             assert cell["bf16_of_conv_rate"] == pytest.approx(share)
+            assert 0 < cell["bf16_non_conv_share"] < 1 and 0 < cell["fp32_non_conv_share"] < 1
     table = (out / "side-by-side.md").read_text()
     assert all(f"| {model} | 7.0 |" in table for model in ("vae", "lvae", "biva"))
+    assert "non-conv share bf16 / fp32" in table and record["date"] in table
