@@ -15,6 +15,7 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from hvbench.errors import UserError, shown
@@ -31,6 +32,10 @@ class Entry:
     # tasks only: builds the on-disk cache once (`hvbench data prepare`); None when
     # the task needs no preparation
     prepare: Callable[..., Any] | None = None
+    # tasks only: `sample(folder)` → the `task` config section of a tiny instance (any files
+    # it needs written into `folder`), so the tests train every model on every task the moment
+    # either is registered, with no test written for it
+    sample: Callable[[Path], dict[str, Any]] | None = None
 
 
 class Registry:
@@ -44,14 +49,20 @@ class Registry:
         self._loaded = False
 
     def register(
-        self, name: str, *, config: type, description: str, prepare: Callable | None = None
+        self,
+        name: str,
+        *,
+        config: type,
+        description: str,
+        prepare: Callable | None = None,
+        sample: Callable[[Path], dict[str, Any]] | None = None,
     ) -> Callable:
         """Decorator: register `build(cfg, ...)` under `name`."""
 
         def decorate(build: Callable) -> Callable:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
-            self._entries[name] = Entry(name, description, config, build, prepare)
+            self._entries[name] = Entry(name, description, config, build, prepare, sample)
             return build
 
         return decorate

@@ -367,11 +367,40 @@ def prepare_celeba(cfg: CelebAConfig, cache_dir: Path) -> Path:
     return folder
 
 
+SAMPLE_SPLITS = [0] * 24 + [1] * 6 + [2] * 6  # the sample's 36 images: 24 train, 6 valid, 6 test
+
+
+def write_sample(root: Path) -> np.ndarray:
+    """A tiny CelebA in the official layout under `root`: 36 aligned 178×218 JPEGs of seeded
+    patterns, the partition file and the attribute table; returns the ±1 attributes. The real
+    preprocessing (crop, resize, split, cache) runs on it exactly as on the real folder."""
+    (root / "img_align_celeba").mkdir(parents=True)
+    y, x = np.mgrid[:218, :178]
+    names = [f"{i:06d}.jpg" for i in range(1, len(SAMPLE_SPLITS) + 1)]
+    for i, name in enumerate(names):
+        image = np.stack([(x * (i + 1)) % 256, (y * 3 + 7 * i) % 256, (x + y) % 256], -1)
+        Image.fromarray(image.astype(np.uint8)).save(root / "img_align_celeba" / name)
+    (root / "list_eval_partition.txt").write_text(
+        "".join(f"{n} {s}\n" for n, s in zip(names, SAMPLE_SPLITS, strict=True))
+    )
+    table = np.random.default_rng(0).choice([-1, 1], size=(len(names), len(ATTRIBUTES)))
+    rows = [f"{n} " + " ".join(f"{v:2d}" for v in row) for n, row in zip(names, table, strict=True)]
+    lines = [str(len(names)), " ".join(ATTRIBUTES), *rows]
+    (root / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    return table
+
+
+def sample_celeba(folder: Path) -> dict[str, object]:
+    write_sample(folder / "celeba")
+    return {"source": str(folder / "celeba"), "workers": 1}
+
+
 @register_task(
     "celeba",
     config=CelebAConfig,
     description="CelebA 64×64 RGB faces, official partition, 40 binary attributes",
     prepare=prepare_celeba,
+    sample=sample_celeba,
 )
 def load_celeba(cfg: CelebAConfig, cache_dir: Path) -> TaskData:
     if cfg.max_per_split is not None and cfg.max_per_split < 1:

@@ -249,10 +249,20 @@ def _digest(
     return digest.hexdigest()
 
 
+def sample_file(folder: Path) -> dict[str, object]:
+    """120 seeded 8-bit 3×16×16 images with two continuous factors, as a user's npz."""
+    rng = np.random.default_rng(0)
+    path = folder / "sample.npz"
+    images = rng.integers(0, 256, (120, 3, 16, 16), dtype=np.uint8)
+    np.savez(path, images=images, factors=rng.random((120, 2)))
+    return {"path": str(path)}
+
+
 @register_task(
     "file",
     config=FileConfig,
     description="your own images: task.path=DATA.npz or a 🤗 save_to_disk folder",
+    sample=sample_file,
 )
 def load_file(cfg: FileConfig, cache_dir: Path) -> TaskData:
     if not cfg.path:

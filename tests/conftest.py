@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,22 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.delenv("WANDB_MODE", raising=False)
+
+
+def free_port() -> int:
+    """A localhost port free right now: parallel test workers each launch torchrun, and two
+    process groups on torchrun's default port would meet each other."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(processes: int) -> list[str]:
+    """`torchrun --nproc_per_node N` on a port of its own."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+        "--master_port", str(free_port()),
+    ]  # fmt: skip
 
 
 def run_cli(

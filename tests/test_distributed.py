@@ -12,20 +12,11 @@ from pathlib import Path
 import pytest
 
 from hvbench.registry import MODELS
-from tests.conftest import CONFIGS, REPO
+from tests.conftest import CONFIGS, REPO, torchrun
 
 
 def test_torchrun_two_processes_share_one_run(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "hvbench",
-        "run",
-    ]
+    command = [*torchrun(2), "-m", "hvbench", "run"]
     command += ["--config", str(CONFIGS / "smoke" / "toy-vae.yaml"), "--set", "task.n_test=255"]
     result = subprocess.run(
         command, cwd=tmp_path, env=os.environ.copy(), capture_output=True, text=True, timeout=300
@@ -61,8 +52,7 @@ def test_accelerate_launch_runs_the_module(tmp_path: Path) -> None:
 
 
 def _evaluate_every_model(processes: int, out: Path, cwd: Path) -> dict:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
-    command += ["--master_port", str(29500 + processes), str(REPO / "tests" / "distributed_eval.py"), str(out)]
+    command = [*torchrun(processes), str(REPO / "tests" / "distributed_eval.py"), str(out)]
     result = subprocess.run(
         command, cwd=cwd, env=os.environ.copy(), capture_output=True, text=True, timeout=600
     )

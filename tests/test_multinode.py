@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,16 +13,10 @@ from pathlib import Path
 import pytest
 
 from hvbench import cpu
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, free_port, torchrun
 
 SMOKE = ["--config", str(CONFIGS / "smoke" / "toy-vae.yaml"), "--set", "output.run_id=run"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def launch(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -79,7 +72,7 @@ def test_two_nodes_match_two_processes_on_one_node(tmp_path: Path) -> None:
         for i in range(2)
     ]
     single = launch(
-        [*TORCHRUN, "--nproc_per_node", "2", "-m", "hvbench", "run", *SMOKE],
+        [*torchrun(2), "-m", "hvbench", "run", *SMOKE],
         tmp_path / "one-node",
         env,
     )

@@ -25,7 +25,7 @@ import torch
 
 from hvbench.cli import main
 from hvbench.leaderboard import load_runs
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, torchrun
 
 SMOKE = str(CONFIGS / "smoke" / "toy-vae.yaml")
 STEPS = 40
@@ -37,8 +37,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two OpenMP threads per process crawl on
 def hvbench(nproc: int, *args: str) -> list[str]:
     if nproc == 1:
         return [sys.executable, "-m", "hvbench", *args]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
-    return [*launch, "-m", "hvbench", *args]
+    return [*torchrun(nproc), "-m", "hvbench", *args]
 
 
 def run_args(run_id: str) -> list[str]:
