@@ -296,7 +296,7 @@ def main() -> None:
         lines,
         "## 3–4. dSprites at a CPU budget (`configs/sweeps/dsprites-cpu.yaml`, "
         "`dsprites-mirrored.yaml`)",
-        "1,000 steps of 64 (0.1 epoch of the generated grid): every model, and the DAG-VAE "
+        "800 steps of 64 (0.08 epoch of the generated grid): every model, and the DAG-VAE "
         "with the mirrored trunk (its own table below).",
     )
     per_node_table(groups, "dsprites-mirrored", lines, "### dSprites, mirrored trunk", "")
@@ -307,7 +307,7 @@ def main() -> None:
         groups,
         ("dsprites-cpu", "dsprites-mirrored"),
         figures / "dsprites-elbo.png",
-        "dSprites at 1,000 steps",
+        "dSprites at 800 steps",
     )
     factor_unit_figure(
         groups, ("dsprites-cpu", "dsprites-mirrored"), figures / "dsprites-factor-unit.png"
