@@ -166,11 +166,14 @@ def section_options(section: str, name: Any = None) -> dict[str, Option]:
     return declared(registry.get(name).config)
 
 
-def config_part(config: dict[str, Any], keep: Callable[[Option], bool]) -> dict[str, Any]:
+def config_part(
+    config: dict[str, Any], keep: Callable[[Option], bool], older_match: bool = True
+) -> dict[str, Any]:
     """The part of a config (config.yaml's shape) whose fields `keep` accepts: what the config
     hash and the checkpoint fingerprint are computed from. A task's and a model's `name` is
-    always kept, a key no field declares counts as changing the weights, a field at its
-    `absent_means` value is left out, and so is a section left empty."""
+    always kept, a key no field declares counts as changing the weights, a section left empty
+    is left out, and so, with `older_match`, is a field at its `absent_means` value (a record
+    from before the field then gives the same part)."""
     out: dict[str, Any] = {}
     for section, values in config.items():
         if not isinstance(values, dict):
@@ -181,7 +184,8 @@ def config_part(config: dict[str, Any], keep: Callable[[Option], bool]) -> dict[
         for key, value in values.items():
             what = fields.get(key, Option())
             identity = key == "name" and section in ("task", "model")
-            if identity or (keep(what) and not at_absent_value(what, value)):
+            older = older_match and at_absent_value(what, value)
+            if identity or (keep(what) and not older):
                 kept[key] = value
         if kept:
             out[section] = kept

@@ -12,7 +12,9 @@ listed by hand:
   the trained weights;
 - which keys `hvbench run --resume` and `hvbench eval` may change
   (`run.saved_config`): the ones declared `resume=True`, and the evaluation's
-  own (`affects="scores"`).
+  own (`affects="scores"`);
+- which keys may differ between a sweep's entry and the run folder it would
+  skip or resume (`sweep`): the ones that change no number.
 
 A field declared with a plain default is the safe case: it changes the trained
 weights, may not change on resume, and has no range beyond its type (a float
@@ -111,6 +113,11 @@ def at_absent_value(what: Option, value: Any) -> bool:
 def changes_weights(what: Option) -> bool:
     """In the checkpoint fingerprint: a checkpoint trained with another value is another run's."""
     return what.affects == "weights"
+
+
+def changes_numbers(what: Option) -> bool:
+    """A sweep refuses to skip or resume a run whose saved value differs from the sweep's."""
+    return what.affects != "nothing"
 
 
 def names_configuration(what: Option) -> bool:

@@ -42,8 +42,9 @@ from typing import Any
 
 import yaml
 
-from hvbench.config import configs_dir, load_yaml, read_yaml, resolve
+from hvbench.config import config_part, configs_dir, load_yaml, read_yaml, resolve
 from hvbench.errors import UserError, shown
+from hvbench.options import changes_numbers
 from hvbench.registry import MODELS, TASKS
 from hvbench.results import run_dir_of, run_status
 
@@ -53,8 +54,6 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # one safe path component
 # seeds with extra zeros), refused before a list of that many entries is built.
 MAX_RUNS = 10_000
 RESUMABLE = ("running", "interrupted")
-# config sections that say where and how a run is recorded, not what it computes
-BOOKKEEPING = ("output", "wandb")
 
 
 @dataclass(frozen=True)
@@ -327,6 +326,9 @@ def _check_unchanged(run_dir: Path, wanted: dict[str, Any]) -> None:
         saved = load_yaml(saved_path.read_text()) or {}
     except yaml.YAMLError:
         return  # unreadable: the run itself will say so when resumed
+    if isinstance(saved, dict):  # where and how a run is recorded may differ, nothing else
+        saved = config_part(saved, changes_numbers, older_match=False)
+        wanted = config_part(wanted, changes_numbers, older_match=False)
     differences = _differences(saved, wanted)
     if differences:
         key, old, new = differences[0]
@@ -337,14 +339,13 @@ def _check_unchanged(run_dir: Path, wanted: dict[str, Any]) -> None:
 
 
 def _differences(saved: Any, wanted: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """Keys present in both configs whose values differ (bookkeeping sections aside)."""
+    """Keys present in both configs whose values differ."""
     if not (isinstance(saved, dict) and isinstance(wanted, dict)):
         same = _plain(saved) == _plain(wanted)
         return [] if same else [(prefix, saved, wanted)]
     out = []
     for key in saved.keys() & wanted.keys():
-        if prefix or key not in BOOKKEEPING:
-            out += _differences(saved[key], wanted[key], f"{prefix}.{key}" if prefix else key)
+        out += _differences(saved[key], wanted[key], f"{prefix}.{key}" if prefix else key)
     return sorted(out, key=lambda d: d[0])
 
 

@@ -1,9 +1,9 @@
 """What a config field is, declared once on the field: every rule derived from it follows it.
 
 The config hash (seeds of one configuration), the checkpoint fingerprint, what `--resume` and
-`hvbench eval` may change, the range checks and `hvbench list` all read the declaration
-(`hvbench/options.py`); changing one field's declaration must move every one of them, with no
-list to edit beside it.
+`hvbench eval` may change, what a sweep may find changed in a run it skips or resumes, the
+range checks and `hvbench list` all read the declaration (`hvbench/options.py`); changing one
+field's declaration must move every one of them, with no list to edit beside it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hvbench import sweep
 from hvbench.aggregate import config_hash
 from hvbench.checkpoint import fingerprint
 from hvbench.config import TrainConfig, resolve
@@ -47,6 +48,8 @@ def test_one_declaration_moves_hash_fingerprint_resume_and_range(
     assert fingerprint(other) != fingerprint(base)
     with pytest.raises(UserError, match=r"--resume cannot change train\.log_every"):
         saved_config(run_dir, ["train.log_every=7"], RESUME_SAFE, "--resume")
+    with pytest.raises(UserError, match=r"was run with train\.log_every=100 but the sweep now asks for 7"):
+        sweep._check_unchanged(run_dir, other)  # a sweep would not skip or resume it
     with pytest.raises(UserError, match=r"'train\.log_every' must be an integer >= 1, got 0"):
         resolve("toy-corr", "vae", overrides=["train.log_every=0"])
     (row,) = [r for r in option_rows(TrainConfig) if r[0] == "log_every"]
@@ -58,6 +61,7 @@ def test_one_declaration_moves_hash_fingerprint_resume_and_range(
     assert config_hash(other) == config_hash(base)
     assert fingerprint(other) == fingerprint(base)
     assert saved_config(run_dir, ["train.log_every=7"], RESUME_SAFE, "--resume").train.log_every == 7
+    sweep._check_unchanged(run_dir, other)
     assert resolve("toy-corr", "vae", overrides=["train.log_every=0"]).train.log_every == 0
     (row,) = [r for r in option_rows(TrainConfig) if r[0] == "log_every"]
     assert row[3] == "must be an integer >= 0; changes no number (--resume may change it)"
@@ -84,6 +88,14 @@ def test_a_field_added_later_matches_records_from_before_it_at_its_absent_value(
     assert fingerprint(new) == fingerprint(old) and config_hash(new) == config_hash(old)
     averaged = resolve("toy-corr", "vae", overrides=["train.ema_rate=0.9"]).to_dict()
     assert fingerprint(averaged) != fingerprint(old) and config_hash(averaged) != config_hash(old)
+
+
+
+def test_a_sweep_still_sees_a_field_added_later_change(tmp_path: Path) -> None:
+    run_dir = _run_folder(tmp_path)  # saved with train.ema_rate: 0.0
+    averaged = resolve("toy-corr", "vae", overrides=["train.ema_rate=0.9"]).to_dict()
+    with pytest.raises(UserError, match=r"was run with train\.ema_rate=0\.0"):
+        sweep._check_unchanged(run_dir, averaged)
 
 
 def test_only_a_field_that_changes_nothing_may_change_on_resume() -> None:
