@@ -50,7 +50,9 @@ def fake_run(folder: Path, status: str, weights: bytes | None = None) -> None:
 def fake_checkpoint(run: Path, state: dict | None) -> None:
     folder = run / "checkpoints" / "step-00000010"
     folder.mkdir(parents=True)
-    if state is not None:
+    if state is None:  # a folder that holds something, but no checkpoint (an empty one is none)
+        (folder / "model.safetensors").write_bytes(b"")
+    else:
         state = {"format": 1, "step": 10, "world_size": 1, "train": {}, **state}
         (folder / "hvbench_state.json").write_text(json.dumps(state))
 
@@ -131,7 +133,7 @@ CASES = [
     ([*RUN, "--set", "task.n_test=-1"], "'task.n_test' must be an integer >= 1, got -1"),
     ([*RUN, "--set", "task.image_size=0"], "'task.image_size' must be an integer >= 1, got 0"),
     ([*RUN, "--set", "task.seed=-2"], "'task.seed' must be an integer in [0, 2**32), got -2"),
-    ([*RUN, "--set", "task.noise=nan"], "'task.noise' must be a finite number, got nan"),
+    ([*RUN, "--set", "task.noise=nan"], "'task.noise' must be a finite number in [0, 10.0], got nan"),
     ([*RUN, "--set", "model.latent_dim=0"], "'model.latent_dim' must be an integer >= 1, got 0"),
     ([*RUN, "--set", "model.channels=-8"], "'model.channels' must be an integer >= 1, got -8"),
     ([*RUN, "--set", "task.image_size=1"], "model 'vae' cannot take toy-corr images of 1×1×1"),

@@ -118,6 +118,8 @@ def test_a_checkpoint_being_written_is_not_a_checkpoint(tmp_path: Path) -> None:
     folder = tmp_path / "checkpoints"
     for name in ("step-00000004", ".tmp-step-00000006", "step-00000002", "notes"):
         (folder / name).mkdir(parents=True)
+        (folder / name / "model.safetensors").touch()
+    (folder / "step-00000008").mkdir()  # empty: left over, a resume falls back to step 4
     assert [step for step, _ in checkpoints(tmp_path)] == [2, 4]
 
 
