@@ -125,10 +125,12 @@ def _leaderboard(args: argparse.Namespace) -> None:
 
 def _sweep(args: argparse.Namespace) -> None:
     from hvbench.leaderboard import print_sweep
-    from hvbench.sweep import dry_run, load, run_here, shard, submit
+    from hvbench.sweep import dry_run, load, only, run_here, shard, submit
 
     given = [*args.set, *([f"wandb.mode={args.wandb}"] if args.wandb else [])]
     sweep = load(args.file, args.out, tuple(given))
+    if args.only:
+        sweep = only(sweep, args.only)
     if args.shard:
         sweep = shard(sweep, args.shard)
     if args.dry_run:
@@ -379,6 +381,12 @@ def parser() -> argparse.ArgumentParser:
         "--wandb",
         choices=("auto", "online", "offline", "disabled"),
         help="W&B mode of every run (wandb.mode; the smoke configs say disabled)",
+    )
+    sweep.add_argument(
+        "--only",
+        metavar="TASK/MODEL/VARIANT",
+        help="only the entries of these rows (a glob, e.g. toy-corr/vae/weak-kl or '*/dagvae/*'; "
+        "'-' is the variant of a sweep without variants)",
     )
     sweep.add_argument(
         "--shard",

@@ -29,6 +29,7 @@ executor: {timeout_min: 240, gpus_per_node: 1, slurm_partition: gpu}  # submitit
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
@@ -67,6 +68,11 @@ class Entry:
     config: Path | None
     overrides: tuple[str, ...]  # --set KEY=VALUE, seed, run id and sweep name included
     run_dir: Path
+
+    @property
+    def row(self) -> str:
+        """task/model/variant: the board row this entry is one seed of."""
+        return f"{self.task}/{self.model}/{self.variant or '-'}"
 
     @property
     def label(self) -> str:
@@ -120,10 +126,10 @@ def load(path: Path, root: str | None = None, given: tuple[str, ...] = ()) -> Sw
         v is None or (isinstance(v, str) and NAME.fullmatch(v)) for v in variants
     ):
         raise UserError("sweep key 'variants' must map names (letters, digits, '-', '_') to overrides")
-    entries = []
     runs = len(tasks) * len(models) * len(variants) * len(seeds)
     if runs > MAX_RUNS:
         raise UserError(f"sweep {name!r} would start {runs:,} runs; at most {MAX_RUNS:,} per file")
+    entries = []
     for task in tasks:
         for model in models:
             config = _config_file(spec.get("config"), task, model)
@@ -162,6 +168,19 @@ def shard(sweep: Sweep, text: str) -> Sweep:
     if not 0 <= index < count:
         raise UserError(f"--shard {text!r} must be I/N with 0 <= I < N, e.g. 0/2 or 1/2")
     return replace(sweep, entries=sweep.entries[index::count])
+
+
+def only(sweep: Sweep, pattern: str) -> Sweep:
+    """The entries whose `task/model/variant` matches the glob `pattern` (`--only`), e.g.
+    `toy-corr/vae/weak-kl` for one row of a board, `*/dagvae/*` for one model's rows."""
+    kept = [e for e in sweep.entries if fnmatch.fnmatchcase(e.row, pattern)]
+    if not kept:
+        rows = sorted({e.row for e in sweep.entries})
+        listed = ", ".join(rows[:12]) + (f", … ({len(rows)} rows)" if len(rows) > 12 else "")
+        raise UserError(
+            f"--only {shown(pattern)} matches no entry of sweep {sweep.name!r}; its rows: {listed}"
+        )
+    return replace(sweep, entries=tuple(kept))
 
 
 def state(run_dir: Path) -> str:
@@ -318,7 +337,6 @@ def _fill(pattern: str, task: str, model: str) -> str:
 
 def _check_unchanged(run_dir: Path, wanted: dict[str, Any]) -> None:
     """Refuse to skip or resume a run whose saved config no longer matches the sweep's entry."""
-
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
