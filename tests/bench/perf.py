@@ -99,7 +99,7 @@ def check(benchmark: Any, name: str, value: float, kind: str | None = None) -> N
             entry["kinds"][kind] = measured
         else:
             entry.update(measured)
-        BASELINE.write_text(json.dumps(baselines, indent=2) + "\n")
+        BASELINE.write_text(json.dumps(baselines, indent=2, ensure_ascii=False) + "\n")
         return
     if target is None:
         pytest.skip(f"{name}: no baseline for a {kind} machine; add one with HVBENCH_PERF_SAVE=1")

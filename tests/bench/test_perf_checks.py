@@ -1,11 +1,12 @@
 """Performance checks that fail CI on a regression and hold on a noisy machine: each is a
-ratio of two timings interleaved in one process (tests/bench/perf.py), checked against
-tests/bench/baseline.json. Run by .ci/run as `HVBENCH_PERF=quick pytest
+ratio of two timings interleaved in one process (tests/bench/perf.py), or a ratio within
+one profiled step (the non-convolution share), checked against tests/bench/baseline.json. Run by .ci/run as `HVBENCH_PERF=quick pytest
 tests/bench/test_perf_checks.py --benchmark-enable`; skipped in a plain `pytest`."""
 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from hvbench.bench import Cell, Stepper, synthetic_batch
+from hvbench.breakdown import profile_steps
 from hvbench.config import TrainConfig, build
 from hvbench.probe import machine_rates
 from hvbench.registry import MODELS, TASKS
@@ -118,6 +120,30 @@ def test_bf16_gains_what_the_machines_convolutions_gain(benchmark) -> None:
     run_rounds(benchmark, rounds)
     normalised = rounds.ratio("bf16", "fp32") / rounds.ratio("conv_bf16", "conv_fp32")
     check(benchmark, "bf16_vs_machine", normalised, machine_kind())
+
+
+def test_non_convolution_work_keeps_its_share_of_a_step(benchmark) -> None:
+    """Casts + random numbers + element-wise work as a share of a training step (torch's
+    profiler, hvbench/breakdown.py), bf16 and fp32, of a BIVA with the paper's blocks and
+    dropout. A share is a ratio within one step, so a busy or slower machine barely moves
+    it; an extra cast, an fp32 residual stream or a costlier dropout mask raises it."""
+    spec = TaskSpec((1, 28, 28), "bernoulli")
+    net = model("biva", {**BLOCKS, "dropout": 0.5}, spec)
+    cpu = torch.device("cpu")
+    steps = {
+        p: Stepper(net, spec, Cell("biva", None, p, 16, "plain", "train", spec.shape), cpu)
+        for p in ("no", "bf16")
+    }
+
+    def share(precision: str) -> float:
+        return profile_steps(steps[precision], 1, cpu)["non_convolution_share"]
+
+    rounds = Rounds({"fp32": lambda: share("no"), "bf16": lambda: share("bf16")})
+    run_rounds(benchmark, rounds)
+    kind = machine_kind()
+    for precision in ("fp32", "bf16"):
+        measured = statistics.median(rounds.seen[precision][1:])  # round 0 warms up
+        check(benchmark, f"non_conv_share_{precision}", measured, kind)
 
 
 def test_fetching_a_batch_costs_little_of_a_step(benchmark) -> None:
