@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 
 SWEEPS = ("toy-study", "single-root", "dsprites-cpu", "dsprites-mirrored")
 HALF = "metrics.step-00000500.json"
+NEAR_ZERO = 0.1  # a unit whose E_q[z|x] moves by less than a tenth of the prior's sd
 
 
 def load(root: Path) -> dict[tuple[str, str, str, str], list[dict[str, Any]]]:
@@ -80,8 +81,12 @@ def unit_spread(record: dict[str, Any] | None) -> list[float]:
 
 
 def spread_cell(runs: list[dict[str, Any]], half: bool) -> str:
-    medians = [statistics.median(s) for r in runs if (s := unit_spread(r["half"] if half else r))]
-    return stat(medians, 2)
+    """Median over units of the spread, and how many units sit near zero (spread < 0.1)."""
+    spreads = [s for r in runs if (s := unit_spread(r["half"] if half else r))]
+    if not spreads:
+        return "—"
+    near_zero = [sum(v < NEAR_ZERO for v in s) for s in spreads]
+    return f"{stat([statistics.median(s) for s in spreads], 2)} ({stat(near_zero, 1)})"
 
 
 def units_cell(runs: list[dict[str, Any]], key: str) -> str:
@@ -99,7 +104,8 @@ def toy_study(groups: dict, lines: list[str]) -> None:
         "weak-kl: w_rec = 5, β = 0.1, constant; elbo-warmup: w_rec = 1, β linear 0 → 1 over "
         "500 steps. ELBO and log p(x|z) in nats per image (the plain bound, whatever the "
         "training weights). Spread: the median over units of the sd over test images of "
-        "E_q[z_u|x] (√ of Burda's activity statistic; the prior's sd is 1), at the half-budget "
+        "E_q[z_u|x] (√ of Burda's activity statistic; the prior's sd is 1), and in brackets "
+        "the number of units whose spread is below 0.1 (near zero), at the half-budget "
         "checkpoint (500 steps) and at the end (1,000).",
         "",
         *header(
@@ -246,20 +252,31 @@ def elbo_figure(groups: dict, sweeps: tuple[str, ...], out: Path, title: str) ->
     plt.close(fig)
 
 
-def factor_unit_figure(groups: dict, sweeps: tuple[str, ...], out: Path) -> None:
-    """Seed 0's factor × unit |Spearman| matrix of each dSprites row, inactive units hatched."""
-    rows = [(k, v) for k, v in sorted(groups.items()) if k[0] in sweeps]
+def factor_unit_figure(
+    groups: dict, sweeps: tuple[str, ...], out: Path, task: str | None = None
+) -> None:
+    """Seed 0's factor × unit |Spearman| matrix of each row (one task, or every task)."""
+    rows = [(k, v) for k, v in sorted(groups.items()) if k[0] in sweeps and task in (None, k[1])]
     if not rows:
         return
-    fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 2.8), squeeze=False)
-    for ax, ((_, _, model, variant), runs) in zip(axes[0], rows, strict=True):
+    cols = min(4, len(rows))
+    lines = math.ceil(len(rows) / cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 2.6 * lines), squeeze=False)
+    for ax in axes.flat[len(rows) :]:
+        ax.axis("off")
+    for ax, ((_, _, model, variant), runs) in zip(axes.flat, rows, strict=False):
         record = min(runs, key=lambda r: r["seed"])
         matrix = record["factor_unit"]["test"]
-        ax.imshow(matrix["abs_spearman"], vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        image = ax.imshow(matrix["abs_spearman"], vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_yticks(range(len(matrix["factors"])), matrix["factors"], fontsize=6)
-        ax.set_xticks(range(len(matrix["units"])), matrix["units"], fontsize=5, rotation=90)
-        ax.set_title(f"{model} {variant}", fontsize=7)
-    fig.tight_layout()
+        units = matrix["units"]
+        if len(units) <= 16:
+            ax.set_xticks(range(len(units)), units, fontsize=5, rotation=90)
+        else:
+            ax.set_xlabel(f"{len(units)} units", fontsize=6)
+            ax.set_xticks([])
+        ax.set_title(f"{task or ''} {model} {variant} (seed {record['seed']})".strip(), fontsize=7)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="|Spearman|")
     fig.savefig(out, dpi=90)
     plt.close(fig)
 
@@ -312,6 +329,8 @@ def main() -> None:
     factor_unit_figure(
         groups, ("dsprites-cpu", "dsprites-mirrored"), figures / "dsprites-factor-unit.png"
     )
+    for task in ("toy-corr", "toy-uncorr"):
+        factor_unit_figure(groups, ("toy-study",), figures / f"{task}-factor-unit.png", task)
     print("\n".join(lines))
 
 
