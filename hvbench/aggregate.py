@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
@@ -112,10 +113,19 @@ def over_seeds(
     for members in groups.values():
         merged = {k: _combine([m.get(k) for m in members]) for k in members[0]}
         seeds = sorted((m["seed"] for m in members if m["seed"] is not None), key=str)
-        merged.update(n=len(members), seeds=seeds, runs=[m["run_id"] for m in members])
+        runs = [m["run_id"] for m in members]
+        merged.update(n=len(members), seeds=seeds, runs=runs, config=_name(runs, merged["config"]))
         del merged["run_id"], merged["seed"]
         out.append(merged)
     return sorted(out, key=lambda r: (r["task"], -rank_value(r.get("elbo_nats"))))
+
+
+def _name(run_ids: list[str], config_key: str) -> str:
+    """What a row of seeds is called: its runs' shared id without the seed (a sweep names its
+    runs `<sweep>[-<variant>]-s<seed>`, so this reads `toy-study-weak-kl`), else the hash."""
+    stems = {re.sub(r"-s[0-9]+$", "", run_id) for run_id in run_ids}
+    (stem,) = stems if len(stems) == 1 else (None,)
+    return stem if stem and stem not in run_ids else config_key
 
 
 def flat(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
