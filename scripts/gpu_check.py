@@ -11,8 +11,11 @@ Accelerate's grad scaler), runs the `hvbench bench` matrix of the same model (fp
 fp16 × two batch sizes), and writes `summary.json` / `summary.md`: images/s, peak memory,
 FLOPs per image, achieved TFLOP/s and the fraction of the GPU's bf16 peak (its
 datasheet's dense tensor rate where the table below knows the GPU, and the bf16
-matmul rate the bench measured in the same run). Runs, bench and data stay under
---out; nothing is sent anywhere.
+matmul rate the bench measured in the same run), and every bench cell's step time by
+category of op (`hvbench bench --profile`: convolution, matmul, casts, random numbers,
+optimiser, element-wise, other), which says in the same run whether memory-bound
+element-wise work and casts rather than convolutions fill the GPU's time. Runs, bench and
+data stay under --out; nothing is sent anywhere.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+
+from hvbench.breakdown import CATEGORIES
 
 REPO = Path(__file__).resolve().parent.parent
 # dense bf16 tensor-core TFLOP/s from the vendors' datasheets (no sparsity), by name fragment
@@ -114,6 +119,7 @@ def bench(config: Path, out: Path, model: str, batches: list[int], dry: bool, ti
     command = [sys.executable, "-m", "hvbench", "bench", "--config", str(config)]
     command += ["--shape", "3,64,64", "--likelihood", "dlogistic", "--out", str(folder)]
     command += ["--batch", *map(str, batches), "--precision", "no", "bf16"]
+    command += ["--profile", "1" if dry else "3"]  # after the timed steps, which it would slow
     if dry:  # seconds-long probes too: the dry path checks the plumbing, not the rates
         command += ["--steps", "1", "--warmup", "0", "--rounds", "1"]
         command += ["--probe-seconds", "0.01", "--probe-batch", "2"]
@@ -150,9 +156,21 @@ def summarise_model(model: str, runs: dict[str, dict], matrix: dict, peak: float
             "batch_size": record["run"]["batch_size"],
             "weights": record["run"].get("weights"),
         }
+    profile = [
+        {
+            "precision": cell["precision"],
+            "batch_size": cell["batch_size"],
+            "clock": cell["profile"]["clock"],
+            "ms_per_step": cell["profile"]["ms_per_step"],
+            "shares": cell["profile"]["shares"],
+            "non_convolution_share": cell["profile"]["non_convolution_share"],
+        }
+        for cell in matrix["cells"]
+    ]
     return {
         "bf16_matmul_tflops_measured": matmul,
         "runs": rows,
+        "profile": profile,
         "bench": f"bench-{model}/bench.json",
     }
 
@@ -181,10 +199,34 @@ def markdown(summary: dict) -> str:
                 f"{'—' if sheet is None else f'{100 * sheet:.1f}%'} | "
                 f"{100 * r['fraction_of_measured_bf16_matmul']:.1f}% |"
             )
+    lines += profile_lines(summary)
     benches = ", ".join(
         f"[{name}]({m['bench'].replace('.json', '.md')})" for name, m in summary["models"].items()
     )
     return "\n".join(lines) + f"\n\nThe bench matrices: {benches}.\n"
+
+
+def profile_lines(summary: dict) -> list[str]:
+    """Each bench cell's step time by category of op, as percentages of the profiled step."""
+    names = CATEGORIES
+    lines = [
+        "",
+        "Bench step time by category of op (`hvbench bench --profile`; the GPU's kernel time "
+        "per op on a GPU, CPU time on a CPU; non-conv: casts + random + element-wise):",
+        "",
+        "| model | precision | batch | ms/step | "
+        + " | ".join(f"% {n}" for n in names)
+        + " | % non-conv |",
+        "|---|---|---|---|" + "---|" * (len(names) + 1),
+    ]
+    for name, m in summary["models"].items():
+        for p in m["profile"]:
+            shares = " | ".join(f"{100 * p['shares'][n]:.1f}" for n in names)
+            lines.append(
+                f"| {name} | {p['precision']} | {p['batch_size']} | {p['ms_per_step']:,.1f} | "
+                f"{shares} | {100 * p['non_convolution_share']:.1f} |"
+            )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hvbench import cpu
 from tests.conftest import REPO
 
@@ -36,6 +38,11 @@ def test_gpu_check_dry_path_writes_every_number(tmp_path: Path) -> None:
             assert run["gflop_per_image"] > 0 and run["fraction_of_measured_bf16_matmul"] > 0
         bench = json.loads((out / f"bench-{model}" / "bench.json").read_text())
         assert {c["precision"] for c in bench["cells"]} == {"no", "bf16"}
+        # each bench cell's step by category of op, in the summary too
+        assert len(measured["profile"]) == len(bench["cells"])
+        for cell in measured["profile"]:
+            assert sum(cell["shares"].values()) == pytest.approx(1.0)
+            assert cell["shares"]["convolution"] > 0 and cell["ms_per_step"] > 0
         assert {c["model"] for c in bench["cells"]} == {model}
         for precision in ("bf16", "fp16"):
             path = out / "runs/runs/file" / model / precision / "metrics.json"
@@ -46,6 +53,7 @@ def test_gpu_check_dry_path_writes_every_number(tmp_path: Path) -> None:
     assert summary["models"]["vdvae"]["runs"]["bf16"]["weights"] == "ema"
     table = (out / "summary.md").read_text()
     assert "dry run on a CPU" in table and "| vdvae | bf16 |" in table
+    assert "Bench step time by category of op" in table and "| dagvae | no | 4 |" in table
     assert not (out / "celeba-shaped.npz").exists()  # data are never left in results/
 
 
