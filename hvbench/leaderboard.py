@@ -223,14 +223,22 @@ def unranked_runs(root: Path) -> list[dict[str, Any]]:
 
 
 def print_unranked(runs: list[dict[str, Any]], console: Console | None = None) -> None:
+    """The runs that are not ranked, each named whole (a run id split over lines cannot be
+    copied or searched for); only the reason wraps, and a console too narrow for the names
+    grows to fit them, as the board does."""
     table = Table(title=f"not ranked ({len(runs)} runs)")
-    for name in ("task", "model", "run", "status", "step", "reason"):
-        table.add_column(name, overflow="fold")
+    for name in ("task", "model", "run", "status", "step"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("reason", overflow="fold")
     for r in runs:
         step = "—" if r.get("step") is None else f"{r['step']}/{r.get('steps', '?')}"
         row = (r["task"], r["model"], r["run_id"], r["status"], step, str(r.get("reason") or ""))
         table.add_row(*row)
-    (console or Console()).print(table)
+    console = console or Console()
+    needed = console.measure(table).minimum
+    if needed > console.width:
+        console = Console(width=needed, file=console.file)
+    console.print(table)
 
 
 def print_sweep(root: Path, run_dirs: list[Path], title: str) -> None:
