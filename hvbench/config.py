@@ -389,6 +389,18 @@ def section_overrides(
     return apply_overrides({section: base or {}}, texts)[section]
 
 
+def _check_steps_count(raw: dict[str, Any], overrides: Sequence[str]) -> None:
+    """A step count asked for on the command line while the config counts epochs would be
+    silently ignored (epochs win): a short CPU run of a GPU config trains for days instead."""
+    asked = {text.partition("=")[0].strip() for text in overrides}
+    epochs = _section(raw, "train").get("epochs")
+    if "train.steps" in asked and epochs is not None:
+        raise UserError(
+            f"train.steps would be ignored: the config sets train.epochs={shown(epochs)}, which "
+            "decides the step count; add --set train.epochs=null to train by steps"
+        )
+
+
 def resolve(
     task: str | None = None,
     model: str | None = None,
@@ -422,6 +434,7 @@ def resolve(
             raw = merge(read_yaml(default), raw)
     source = config_file or default_config_path(task_name, model_name)
     raw = merge({"output": {"config_name": config_name(source)}}, raw)
+    _check_steps_count(raw, overrides)
     task_raw = {k: v for k, v in _section(raw, "task").items() if k != "name"}
     model_raw = {k: v for k, v in _section(raw, "model").items() if k != "name"}
     sections = {
