@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -43,8 +44,12 @@ def load(root: Path) -> dict[tuple[str, str, str, str], list[dict[str, Any]]]:
         sweep = next((s for s in SWEEPS if run_dir.name.startswith(s + "-")), None)
         if sweep is None:
             continue
-        rest = run_dir.name[len(sweep) + 1 :]
-        variant, _, seed = rest.rpartition("-s")
+        named = re.fullmatch(
+            rf"{re.escape(sweep)}(?:-(?P<variant>.+))?-s(?P<seed>[0-9]+)", run_dir.name
+        )
+        if named is None:
+            continue
+        variant, seed = named["variant"] or "-", named["seed"]
         record = json.loads(versions[-1].read_text())
         half = run_dir / HALF
         record["half"] = json.loads(half.read_text()) if half.is_file() else None

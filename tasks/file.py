@@ -252,6 +252,7 @@ def _digest(
 def sample_file(folder: Path) -> dict[str, object]:
     """120 seeded 8-bit 3×16×16 images with two continuous factors, as a user's npz."""
     rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "sample.npz"
     images = rng.integers(0, 256, (120, 3, 16, 16), dtype=np.uint8)
     np.savez(path, images=images, factors=rng.random((120, 2)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 import zipfile
 from pathlib import Path
 
@@ -30,7 +29,8 @@ from tests.conftest import CONFIGS, run_cli
 
 SMOKE = str(CONFIGS / "smoke" / "toy-vae.yaml")
 FILE_SMOKE = str(CONFIGS / "smoke" / "file-vae.yaml")
-ABSOLUTE = f"/tmp/hvbench-absolute-{uuid.uuid4().hex}"
+# a fixed name: parallel test workers must collect the same test ids
+ABSOLUTE = "/tmp/hvbench-absolute-run-id-never-created"
 
 
 def fake_run(folder: Path, status: str, weights: bytes | None = None) -> None:

@@ -20,7 +20,7 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the CI's Python has it
 
 OWN = {"hvbench", "tasks", "baselines", "tests"}
 # dev tools the README's test command runs rather than imports
-TOOLS = {"pytest", "pytest-benchmark", "ruff"}
+TOOLS = {"pytest", "pytest-benchmark", "pytest-xdist", "ruff"}
 
 
 def _norm(name: str) -> str:
