@@ -98,8 +98,12 @@ def units_cell(runs: list[dict[str, Any]], key: str) -> str:
     return f"{stat(metric(runs, key), 1)} / {runs[0]['metrics']['test/units']}"
 
 
+def table_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def header(cells: list[str]) -> list[str]:
-    return ["| " + " | ".join(cells) + " |", "|" + "---|" * len(cells)]
+    return [table_row(cells), "|" + "---|" * len(cells)]
 
 
 def toy_study(groups: dict, lines: list[str]) -> None:
@@ -135,8 +139,7 @@ def toy_study(groups: dict, lines: list[str]) -> None:
         if sweep != "toy-study":
             continue
         lines.append(
-            "| "
-            + " | ".join(
+            table_row(
                 [
                     task,
                     model,
@@ -153,7 +156,6 @@ def toy_study(groups: dict, lines: list[str]) -> None:
                     spread_cell(runs, half=False),
                 ]
             )
-            + " |"
         )
     lines.append("")
 
@@ -187,8 +189,7 @@ def per_node_table(groups: dict, sweep: str, lines: list[str], title: str, intro
         if s != sweep:
             continue
         lines.append(
-            "| "
-            + " | ".join(
+            table_row(
                 [
                     task,
                     model,
@@ -203,7 +204,6 @@ def per_node_table(groups: dict, sweep: str, lines: list[str], title: str, intro
                     group_cells(runs, "test/conditional_active_units"),
                 ]
             )
-            + " |"
         )
     lines.append("")
 

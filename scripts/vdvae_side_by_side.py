@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,9 +32,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hvbench.probe import LSCPU_FLAGS, lscpu
+
 REPO = Path(__file__).resolve().parent.parent
-# lscpu flags that decide bf16 speed (and the vector width fp32 runs at)
-FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2")
 
 
 def run_json(command: list[str]) -> dict[str, Any]:
@@ -45,18 +44,6 @@ def run_json(command: list[str]) -> dict[str, Any]:
     if done.returncode != 0 or not lines:
         raise SystemExit(f"{shlex.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
     return json.loads(lines[-1])
-
-
-def lscpu() -> dict[str, Any]:
-    """The CPU's model name and bf16-relevant flags as lscpu reports them (None without it)."""
-    if shutil.which("lscpu") is None:
-        return {"model": None, "flags": None}
-    fields = {}
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        name, _, value = line.partition(":")
-        fields[name.strip()] = value.strip()
-    flags = set(fields.get("Flags", "").split())
-    return {"model": fields.get("Model name"), "flags": {f: f in flags for f in FLAGS}}
 
 
 def official(args: argparse.Namespace) -> dict[str, Any]:
@@ -119,7 +106,7 @@ def markdown(record: dict[str, Any]) -> str:
     rounds, cpu = record["rounds"], record["cpu"]
     first = rounds[0]
     flags = cpu["flags"] or {}
-    listed = ", ".join(f for f, on in flags.items() if on) or "none of " + ", ".join(FLAGS)
+    listed = ", ".join(f for f, on in flags.items() if on) or "none of " + ", ".join(LSCPU_FLAGS)
     lines = [
         "# hvbench's vdvae against the official VDVAE code, side by side",
         "",
