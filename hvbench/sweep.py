@@ -368,4 +368,8 @@ def _differences(saved: Any, wanted: Any, prefix: str = "") -> list[tuple[str, A
 
 
 def _plain(value: Any) -> Any:
+    """A config value as YAML gives it back: tuples as lists, at any depth (a DAG's nodes are
+    a tuple of mappings whose parents are tuples; config.yaml holds lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
+from hvbench.config import resolve
 from hvbench.errors import UserError
-from hvbench.sweep import load, only, shard
+from hvbench.results import write_status
+from hvbench.sweep import load, only, plan, shard
 from tests.conftest import CONFIGS, run_cli
 
 SWEEP = CONFIGS / "sweeps" / "toy-study.yaml"
@@ -43,3 +47,17 @@ def test_the_cli_prints_one_rows_commands(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     (command,) = result.stdout.strip().splitlines()  # seeds 0, 1, 2: shard 1/2 holds seed 1
     assert "--model lvae" in command and "output.run_id=toy-study-elbo-warmup-s1" in command
+
+
+def test_a_finished_run_whose_config_holds_nested_lists_is_skipped(tmp_path: Path) -> None:
+    """config.yaml gives a DAG's nodes back as lists of mappings with list parents; the sweep
+    builds tuples. Equal configs in either spelling are the same run, skipped when finished."""
+    sweep = only(load(SWEEP, str(tmp_path)), "toy-corr/dagvae/weak-kl")
+    entry = sweep.entries[0]
+    cfg = resolve(entry.task, entry.model, entry.config, list(entry.overrides))
+    entry.run_dir.mkdir(parents=True)
+    (entry.run_dir / "config.yaml").write_text(
+        yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())))
+    )
+    write_status(entry.run_dir, "finished", 1000, 1000)
+    assert [state for e, state, _ in plan(load(SWEEP, str(tmp_path))) if e == entry] == ["finished"]
