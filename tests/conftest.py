@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -37,6 +38,19 @@ def torchrun(processes: int) -> list[str]:
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
         "--master_port", str(free_port()),
     ]  # fmt: skip
+
+
+def in_process(*args: str) -> None:
+    """`hvbench ARGS` in this process, on one thread like the subprocesses (cheaper than a new
+    interpreter; the numbers must not depend on where a run is resumed)."""
+    from hvbench.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main(list(args))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_cli(

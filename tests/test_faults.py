@@ -22,11 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from hvbench.cli import main
 from hvbench.results import read_status, write_status
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, in_process
 
 SMOKE = str(CONFIGS / "smoke" / "toy-vae.yaml")
 # every 2 steps, all kept: a 5 MB disk fills up half-way; figures off (not what is tested)
@@ -38,16 +36,6 @@ def run_args(run_id: str, root: Path, *sets: str) -> list[str]:
     every = [*SETS, f"output.run_id={run_id}", f"output.root={root}", *sets]
     return ["run", "--config", SMOKE, *[a for s in every for a in ("--set", s)]]
 
-
-def in_process(*args: str) -> None:
-    """`hvbench ARGS` here, on one thread like the subprocesses: the numbers must not depend on
-    where a run is resumed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        main(list(args))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def outcome(run_dir: Path) -> tuple[Any, ...]:

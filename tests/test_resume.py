@@ -21,11 +21,10 @@ from typing import Any
 
 import psutil
 import pytest
-import torch
 
 from hvbench.cli import main
 from hvbench.leaderboard import load_runs
-from tests.conftest import CONFIGS, torchrun
+from tests.conftest import CONFIGS, in_process, torchrun
 
 SMOKE = str(CONFIGS / "smoke" / "toy-vae.yaml")
 STEPS = 40
@@ -66,16 +65,6 @@ def run(nproc: int, cwd: Path, *args: str) -> subprocess.CompletedProcess:
         timeout=300,
     )
 
-
-def in_process(*args: str) -> None:
-    """`hvbench ARGS` in this process, on one thread like the subprocesses (cheaper than a new
-    interpreter; the numbers must not depend on where a run is resumed)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        main(list(args))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, step: int) -> None:
