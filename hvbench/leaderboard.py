@@ -175,13 +175,19 @@ def run_dirs(root: Path) -> list[Path]:
 
 
 def load_runs(root: Path) -> list[dict[str, Any]]:
-    """The latest metrics record of every finished run: the ranked ones. A record that cannot
+    """The latest metrics record of every finished run under `root`: the ranked ones."""
+    return load_finished(run_dirs(root))
+
+
+def load_finished(folders: list[Path]) -> list[dict[str, Any]]:
+    """The latest metrics record of each finished run among `folders`, every reader's one gate
+    (the board, the end-of-sweep board, the report, the W&B report). A record that cannot
     be read or shown is skipped with one warning line naming the file; so is one that names
     another folder than its own (a renamed or copied run folder: the board and the report find
     a run's files by its record) or repeats a record already loaded (a copy, counted once)."""
     runs = []
     seen: dict[str, Path] = {}
-    for run_dir in run_dirs(root):
+    for run_dir in folders:
         if run_status(run_dir) != "finished":
             continue
         try:
@@ -241,16 +247,10 @@ def print_unranked(runs: list[dict[str, Any]], console: Console | None = None) -
     console.print(table)
 
 
-def print_sweep(root: Path, run_dirs: list[Path], title: str) -> None:
+def print_sweep(root: Path, folders: list[Path], title: str) -> None:
     """The end of a sweep: its finished runs over seeds (the compact board), where they are,
     and the command that uploads the ones W&B logged offline."""
-    runs = []
-    for run_dir in run_dirs:
-        if run_status(run_dir) == "finished":
-            try:
-                runs.append(with_folder(load_metrics(run_dir), run_dir))
-            except MalformedRecord as err:
-                _warn(str(err))
+    runs = load_finished(folders)
     console = Console()
     if runs:
         print_table(seed_rows(runs), console, SEED_COLUMNS, title)
@@ -261,7 +261,7 @@ def print_sweep(root: Path, run_dirs: list[Path], title: str) -> None:
             highlight=False,
             soft_wrap=True,
         )
-    offline = [str(p) for d in run_dirs for p in sorted(Path(d).glob("wandb/offline-run-*"))]
+    offline = [str(p) for d in folders for p in sorted(Path(d).glob("wandb/offline-run-*"))]
     if offline:
         console.print(
             f"W&B: {len(offline)} offline runs; upload them with: wandb sync {' '.join(offline)}",

@@ -26,7 +26,7 @@ from hvbench import aggregate
 from hvbench.cli import main
 from hvbench.config import resolve
 from hvbench.errors import UserError
-from hvbench.leaderboard import build
+from hvbench.leaderboard import build, print_sweep
 from tests.conftest import CONFIGS
 
 SMOKE = str(CONFIGS / "smoke" / "toy-vae.yaml")
@@ -126,6 +126,25 @@ def test_a_record_that_disagrees_with_its_folder_or_repeats_another_is_skipped(
     assert any("toy-uncorr/vae/s0" in line for line in moved)
     (copied,) = [line for line in lines if "the same record as" in line]
     assert "s0-again" in copied and str(root / "runs/toy-corr/vae/s0/metrics.json") in copied
+
+
+def test_the_end_of_sweep_board_passes_the_same_gate(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hvbench sweep`'s closing board reads its own run folders through the board's checks."""
+    root = tmp_path / "results"
+    folders = [
+        place(runs / "s0", root, "toy-corr/vae/s0"),
+        place(runs / "s0", root, "toy-corr/vae/s0-again", {"run_id": "s0-again"}),
+        place(runs / "s1", root, "toy-corr/vae/s1", {"metrics/test/elbo_nats": math.inf}),
+    ]
+    capsys.readouterr()
+    print_sweep(root, folders, "sweep t")
+    out, err = capsys.readouterr()
+    lines = warnings(err)
+    assert len(lines) == 2 and "the same record as" in lines[0] and "ELBO is inf" in lines[1]
+    (row,) = [line.split() for line in out.splitlines() if line.startswith(" toy-corr")]
+    assert row[2:4] == ["2", "inf"] and not any("*" in cell for cell in row)  # s0 once, unranked
 
 
 def test_report_after_a_run_folder_was_renamed(
