@@ -38,6 +38,7 @@ METRICS_FILE = "metrics.json"  # version 1; each re-evaluation adds metrics.v2.j
 _SAFE_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _VERSION = re.compile(r"metrics\.v([1-9][0-9]*)\.json")
 FLOAT_MAX = 1.7976931348623157e308
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class RunFailed(Exception):
@@ -207,7 +208,7 @@ def write_status(
         # A full disk has no room for the temp file of an atomic write, but an existing
         # status.json's own blocks take the new record: better a record that could be torn by a
         # crash in the next millisecond (read back as 'unknown') than 'running' for a dead run.
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.is_file():
+        if err.errno not in DISK_FULL or not path.is_file():
             raise
         with open(path, "r+b") as f:
             f.write((json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
@@ -299,6 +300,14 @@ def _record_problem(record: Any) -> str | None:
     if not (isinstance(splits, list) and splits and all(isinstance(s, str) for s in splits)):
         return "run.eval_splits is not a list of split names"
     return None
+
+
+def unwritable(err: OSError, what: str) -> Exception:
+    """A failed write of `what` as the CLI reports it: a full disk is a fault of the machine
+    (exit 1: nothing is lost, and the same command works once space is freed); anything else,
+    a read-only or foreign folder, is the user's to fix (exit 2)."""
+    message = f"cannot write {what}: {err.strerror or type(err).__name__}"
+    return OSError(err.errno, message) if err.errno in DISK_FULL else UserError(message)
 
 
 def write_new_metrics(run_dir: Path, record: dict[str, Any]) -> Path:

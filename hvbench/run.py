@@ -62,6 +62,7 @@ from hvbench.results import (
     read_status,
     run_dir_of,
     save_config,
+    unwritable,
     write_new_metrics,
     write_status,
 )
@@ -417,7 +418,7 @@ def reevaluate(run_dir: Path, overrides: list[str], checkpoint: int | None = Non
         try:
             path = write_new_metrics(run_dir, record)
         except OSError as err:
-            raise UserError(f"cannot add a metrics version to {run_dir}: {err.strerror}") from None
+            raise unwritable(err, f"a metrics version into {run_dir}") from None
         # redrawn from the new evaluation into figures.vN; training did not change: no curves
         unwrapped = accelerator.unwrap_model(model)
         _safe_figures(unwrapped, task, evaluations, [], figures_dir(path), cfg)
@@ -473,7 +474,7 @@ def _evaluate_checkpoint(run_dir: Path, cfg: RunConfig, overrides: list[str], st
         try:
             write_new(path, data)
         except OSError as err:
-            raise UserError(f"cannot write {path}: {err.strerror}") from None
+            raise unwritable(err, str(path)) from None
         figures = run_dir / f"figures.step-{step:08d}"
         _safe_figures(accelerator.unwrap_model(model), task, evaluations, [], figures, cfg)
     accelerator.wait_for_everyone()

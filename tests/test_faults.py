@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,6 +110,37 @@ def test_disk_full_while_checkpointing_fails_in_one_line_and_resumes_identically
     in_process("run", "--resume", str(run_dir), "--set", "train.keep_checkpoints=2")
     assert read_status(run_dir)["status"] == "finished"
     assert outcome(run_dir) == outcome(reference)
+
+
+def test_eval_on_a_full_disk_fails_in_one_line_and_loses_nothing(
+    small_disk: Path, reference: Path
+) -> None:
+    """A full disk is a fault of the machine (exit 1), not a bad value (exit 2); the run's
+    records are untouched and the same command works once space is freed."""
+    run_dir = small_disk / "results" / "runs" / "toy-corr" / "vae" / "reference"
+    shutil.copytree(reference, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    before = sorted(p.name for p in run_dir.iterdir())
+    fill(small_disk / "ballast")
+    command = ["eval", str(run_dir), "--set", "eval.au_samples=4", "--set", "eval.iwae_k=0"]
+    result = subprocess.run(
+        [sys.executable, "-m", "hvbench", *command],
+        cwd=small_disk.parent,
+        env={**os.environ, **ONE_THREAD},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("hvbench:")]
+    assert line.startswith(f"hvbench: failed: cannot write a metrics version into {run_dir}")
+    assert "No space left on device" in line
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+    assert outcome(run_dir) == outcome(reference)
+
+    (small_disk / "ballast").unlink()
+    in_process(*command)
+    assert (run_dir / "metrics.v2.json").is_file()
 
 
 def test_a_status_write_on_a_full_disk_still_says_how_the_run_ended(small_disk: Path) -> None:
