@@ -31,8 +31,8 @@ def check_kl_terms(out: ModelOutput, groups: dict[str, LatentSample], draws: int
             assert torch.allclose(out.kl_units[g], rate_units(s.q.log_prob(s.z), s.p.log_prob(s.z), s.z))
             continue
         z = torch.stack([s.q.rsample() for _ in range(draws)])  # (draws, *z.shape)
-        log_q, log_p = s.q.log_prob(z), s.p.log_prob(z)
-        terms = torch.stack([rate_units(a, b, s.z) for a, b in zip(log_q, log_p, strict=True)])
+        log_q, log_p = s.q.log_prob(z).flatten(0, 1), s.p.log_prob(z).flatten(0, 1)
+        terms = rate_units(log_q, log_p, z.flatten(0, 1)).unflatten(0, (draws, len(s.z)))
         error = 5 * terms.std(0) / math.sqrt(draws) + 1e-3
         assert ((terms.mean(0) - out.kl_units[g]).abs() <= error).all(), g
 

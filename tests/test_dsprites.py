@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ from hvbench.tasks._sprites import (
     sprite_positions,
 )
 from hvbench.tasks.dsprites import unpack
-from tests.conftest import CONFIGS, run_cli
+from tests.conftest import CONFIGS, built_once, run_cli
 from tests.task_runs import ONE_THREAD
 
 GIF = Path(hvbench.tasks.__file__).parent / "data" / "dsprites.gif"
@@ -48,11 +46,11 @@ def load(cache: Path, **options: object):
 
 
 @pytest.fixture(scope="module")
-def grid_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The full generated grid, built once by the task's own `prepare` (377 MB, removed after)."""
-    cache = tmp_path_factory.mktemp("dsprites-cache")
-    yield ENTRY.prepare(config(), cache)
-    shutil.rmtree(cache)
+def grid_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The full generated grid, built once per session by the task's own `prepare` (377 MB,
+    removed after)."""
+    cache = built_once(tmp_path_factory, "dsprites-cache", lambda folder: ENTRY.prepare(config(), folder))
+    return ENTRY.prepare(config(), cache)  # already built: only its folder is found
 
 
 def test_index_order_and_values_are_the_official_ones() -> None:
