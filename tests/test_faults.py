@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from hvbench.results import read_status, write_status
 from tests.conftest import CONFIGS, in_process
@@ -141,6 +142,36 @@ def test_eval_on_a_full_disk_fails_in_one_line_and_loses_nothing(
     (small_disk / "ballast").unlink()
     in_process(*command)
     assert (run_dir / "metrics.v2.json").is_file()
+
+
+def test_a_disk_that_fills_while_figures_are_drawn_keeps_the_numbers(
+    small_disk: Path, reference: Path
+) -> None:
+    """Room for the new record, none for its figures: exit 1 in one line, the record kept
+    (written first), no half-written figure, the run's own files untouched."""
+    run_dir = small_disk / "results" / "runs" / "toy-corr" / "vae" / "reference"
+    shutil.copytree(reference, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["output"]["figures"] = True  # the reference run drew none
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    room = 2 * len((run_dir / "metrics.json").read_bytes()) + 32768
+    (small_disk / "ballast").write_bytes(bytes(shutil.disk_usage(small_disk).free - room))
+    result = subprocess.run(
+        [sys.executable, "-m", "hvbench", "eval", str(run_dir)],
+        cwd=small_disk.parent,
+        env={**os.environ, **ONE_THREAD},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("hvbench:")]
+    assert line.startswith("hvbench: failed: No space left on device"), line
+    assert (run_dir / "metrics.v2.json").is_file()
+    assert outcome(run_dir) == outcome(reference)
+    drawn = list((run_dir / "figures.v2").iterdir())
+    assert all(p.suffix == ".png" and p.stat().st_size > 0 for p in drawn), drawn
 
 
 def test_a_status_write_on_a_full_disk_still_says_how_the_run_ended(small_disk: Path) -> None:
