@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from safetensors import SafetensorError
 
-from hvbench import disentanglement, figures, outcome
+from hvbench import disentanglement, outcome
 from hvbench.atomic import write_atomic, write_json, write_new
 from hvbench.checkpoint import (
     EMA_FILE,
@@ -657,6 +657,8 @@ def _figures(
     folder: Path,
     cfg: RunConfig,
 ) -> dict[str, Path]:
+    from hvbench import figures  # matplotlib: imported by runs that draw, not by every run
+
     split = task.eval_splits[-1]
     device = next(model.parameters()).device
     x = task.splits[split][:32].to(device)

@@ -30,10 +30,10 @@ import secrets
 import string
 import warnings
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import torch
-import wandb
 
 from hvbench.atomic import write_text
 from hvbench.config import PRECISION_NAMES, RunConfig
@@ -114,6 +114,18 @@ def init_kwargs(cfg: RunConfig, run_dir: Path, run_id: str, device: str) -> dict
     }
 
 
+if TYPE_CHECKING:
+    import wandb
+
+
+def _wandb() -> ModuleType:
+    """W&B, imported where a run logs to it: a run with W&B disabled (every test and smoke
+    run) never pays its import, a third of a second per process."""
+    import wandb
+
+    return wandb
+
+
 class Tracker:
     """Logs of one run on the main process: history.jsonl always, W&B unless disabled.
 
@@ -130,13 +142,13 @@ class Tracker:
             return
         kwargs = init_kwargs(cfg, run_dir, run_id, device_kind(device))
         try:
-            self.run = wandb.init(mode=self.mode, settings=self._settings(), **kwargs)
+            self.run = _wandb().init(mode=self.mode, settings=self._settings(), **kwargs)
         except Exception as err:
             if self.mode != "online":
                 raise
             warnings.warn(f"W&B online start failed ({err}); logging offline instead", stacklevel=2)
             self.mode = "offline"
-            self.run = wandb.init(mode="offline", settings=self._settings(), **kwargs)
+            self.run = _wandb().init(mode="offline", settings=self._settings(), **kwargs)
         self.run.define_metric(STEP)
         self.run.define_metric("*", step_metric=STEP)
         for name, summary in SUMMARIES.items():  # the runs table shows the best, not the last
@@ -144,7 +156,7 @@ class Tracker:
 
     @staticmethod
     def _settings() -> wandb.Settings:
-        return wandb.Settings(
+        return _wandb().Settings(
             silent=True, init_timeout=INIT_TIMEOUT_S, x_disable_stats=True, console="off"
         )
 
@@ -167,7 +179,7 @@ class Tracker:
         if self.run is None:
             return
         if figures:
-            images = {f"figures/{name}": wandb.Image(str(path)) for name, path in figures.items()}
+            images = {f"figures/{name}": _wandb().Image(str(path)) for name, path in figures.items()}
             self.run.log({**images, STEP: step})
         self.run.summary.update({k: v for k, v in metrics.items() if _loggable(v)})
 
@@ -176,7 +188,7 @@ class Tracker:
         every run would upload its weights)."""
         if self.run is None:
             return
-        artifact = wandb.Artifact(
+        artifact = _wandb().Artifact(
             _ARTIFACT_CHARS.sub("-", f"{self.run.job_type}-{self.run.name}")[:128],
             type="model",
             metadata={k: v for k, v in metadata.items() if _loggable(v) or isinstance(v, str)},

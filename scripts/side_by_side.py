@@ -92,7 +92,7 @@ def hvbench(model: str, args: argparse.Namespace) -> dict[str, Any]:
 def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per model: each round's numbers and ratios (ratios taken within a round)."""
     table = {}
-    for model in MODELS:
+    for model in rounds[0]:
         per_round = []
         for one in rounds:
             cell = dict(one[model])
@@ -127,12 +127,12 @@ def has_bf16_units(record: dict[str, Any]) -> bool:
     flags = (record.get("cpu") or {}).get("flags")
     if flags:
         return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
-    features = record["table"][MODELS[0]]["rounds"][0]["cpu_features"]
+    features = next(iter(record["table"].values()))["rounds"][0]["cpu_features"]
     return bool(features.get("avx512_bf16") or features.get("amx_tile"))
 
 
 def markdown(record: dict[str, Any]) -> str:
-    first = record["table"][MODELS[0]]["rounds"][0]
+    first = next(iter(record["table"].values()))["rounds"][0]
     features = ", ".join(k for k, v in first["cpu_features"].items() if v) or "none listed"
     cpu = record.get("cpu") or {}
     flags = cpu.get("flags") or {}
@@ -152,8 +152,8 @@ def markdown(record: dict[str, Any]) -> str:
         "| non-conv share bf16 / fp32 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for model in MODELS:
-        rounds = record["table"][model]["rounds"]
+    for model, measured in record["table"].items():
+        rounds = measured["rounds"]
         lines.append(
             f"| {model} | {span(rounds, 'official_fp32')} "
             f"| {span(rounds, 'fp32')} ({span(rounds, 'fp32_ratio', digits=2)}×) "
@@ -193,6 +193,9 @@ def main() -> None:
         help="holds {vae,lvae,biva}.yaml",
     )
     parser.add_argument("--shape", default="1,28,28", help="input C,H,W of the bench")
+    parser.add_argument(
+        "--models", nargs="+", choices=MODELS, default=list(MODELS), help="which paper nets"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3, help="hvbench timed steps per cell")
@@ -213,7 +216,7 @@ def main() -> None:
     rounds = []
     for index in range(args.rounds):
         one = {}
-        for model in MODELS:
+        for model in args.models:
             print(f"round {index + 1}/{args.rounds}: {model}", file=sys.stderr, flush=True)
             one[model] = {"official_fp32": official(args.official, model, args.official_steps)}
             one[model] |= hvbench(model, args)

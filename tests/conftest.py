@@ -28,6 +28,12 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `slow` (tens of seconds: several processes each) run first, so under
+    pytest-xdist none of them starts when the other workers are about to finish."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def _shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder every pytest-xdist worker of this session sees (their base temps' parent)."""
     base = tmp_path_factory.getbasetemp()
@@ -115,16 +121,18 @@ def run_cli(
 
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The README's smoke sweep, run once per test session by the CLI in a subprocess and
-    logged to W&B offline (as the README's sweep → W&B Report sequence does): its results
-    root. Its output is kept in `sweep.out` beside the root."""
-    cwd = tmp_path_factory.mktemp("sweep")
-    env = {"HVBENCH_CACHE": str(cwd / "cache"), "WANDB_DIR": str(cwd / "wandb"), "COLUMNS": "80"}
-    result = run_cli(
-        "sweep", str(CONFIGS / "sweeps" / "smoke.yaml"), "--out", "results", "--wandb", "offline",
-        cwd=cwd, env=env,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "sweep smoke: 0 skipped, 4 finished, 0 failed, 0 interrupted" in result.stdout
-    (cwd / "sweep.out").write_text(result.stdout)
-    return cwd / "results"
+    """The README's smoke sweep, run once per test session (across workers) by the CLI in a
+    subprocess and logged to W&B offline (as the README's sweep → W&B Report sequence does):
+    its results root. Its output is kept in `sweep.out` beside the root."""
+
+    def sweep(cwd: Path) -> None:
+        env = {"HVBENCH_CACHE": str(cwd / "cache"), "WANDB_DIR": str(cwd / "wandb"), "COLUMNS": "80"}
+        result = run_cli(
+            "sweep", str(CONFIGS / "sweeps" / "smoke.yaml"), "--out", "results", "--wandb", "offline",
+            cwd=cwd, env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "sweep smoke: 0 skipped, 4 finished, 0 failed, 0 interrupted" in result.stdout
+        (cwd / "sweep.out").write_text(result.stdout)
+
+    return built_once(tmp_path_factory, "smoke-sweep", sweep) / "results"

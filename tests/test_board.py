@@ -53,6 +53,7 @@ def _tables(text: str) -> list[tuple[list[str], list[str]]]:
     return out
 
 
+@pytest.mark.slow  # the first to ask for the smoke sweep
 @pytest.mark.parametrize("width", [80, 200])
 def test_the_board_reads_as_a_table_in_80_and_200_columns(smoke_sweep: Path, width: int) -> None:
     result = run_cli(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CONFIGS, run_cli
+from tests.conftest import CONFIGS, in_process, run_cli
 
 SMOKE = str(CONFIGS / "smoke" / "toy-vae.yaml")
 
@@ -136,7 +136,7 @@ def test_existing_run_folder_is_never_overwritten(smoke_run: tuple[Path, Path]) 
     assert (run_dir / "metrics.json").read_bytes() == before
 
 
-def test_bench_prints_one_json_line(tmp_path: Path) -> None:
+def test_bench_prints_one_json_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = run_cli(
         "bench",
         "--model",
@@ -149,6 +149,12 @@ def test_bench_prints_one_json_line(tmp_path: Path) -> None:
         "2",
         "--warmup",
         "1",
+        "--rounds",
+        "1",
+        "--probe-seconds",
+        "0.05",
+        "--probe-batch",
+        "4",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -156,5 +162,7 @@ def test_bench_prints_one_json_line(tmp_path: Path) -> None:
     assert (
         record["shape"] == [1, 28, 28] and record["mode"] == "train" and record["images_per_s"] > 0
     )
-    bad = run_cli("bench", "--model", "vae", "--shape", "1,28", cwd=tmp_path)
-    assert bad.returncode == 2 and "--shape must be C,H,W" in bad.stderr
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as bad:  # in this process: a second interpreter costs seconds
+        in_process("bench", "--model", "vae", "--shape", "1,28")
+    assert bad.value.code == 2 and "--shape must be C,H,W" in capsys.readouterr().err

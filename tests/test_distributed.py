@@ -15,6 +15,7 @@ from hvbench.registry import MODELS
 from tests.conftest import CONFIGS, REPO, torchrun
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_share_one_run(tmp_path: Path) -> None:
     command = [*torchrun(2), "-m", "hvbench", "run"]
     command += ["--config", str(CONFIGS / "smoke" / "toy-vae.yaml"), "--set", "task.n_test=255"]
@@ -60,6 +61,7 @@ def _evaluate_every_model(processes: int, out: Path, cwd: Path) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_every_model_gives_the_same_metrics_from_two_processes_as_from_one(tmp_path: Path) -> None:
     """Same weights, same split: sharding, padding and gathering change nothing but Monte Carlo
     noise. Counts are equal; deterministic numbers (a flat VAE's analytic KL and exact activity)

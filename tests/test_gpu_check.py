@@ -18,6 +18,7 @@ from hvbench import cpu
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_path_writes_every_number(tmp_path: Path) -> None:
     out = tmp_path / "gpu"
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}

@@ -40,6 +40,7 @@ def record(root: Path) -> dict:
     return json.loads((root / "results/runs/toy-corr/vae/run/metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_two_nodes_match_two_processes_on_one_node(tmp_path: Path) -> None:
     """One thread per process in both layouts (a user's OMP_NUM_THREADS is respected), so the
     two layouts differ only in how the processes meet: the numbers must agree."""

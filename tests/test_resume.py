@@ -129,6 +129,7 @@ def test_sigkill_at_a_random_step_then_resume_is_identical(reference: Path) -> N
     assert kept == ["step-00000038", "step-00000040"]  # train.keep_checkpoints=2
 
 
+@pytest.mark.slow
 def test_two_processes_sigkill_then_resume_is_identical(tmp_path: Path) -> None:
     result = run(2, tmp_path, *run_args("reference"))
     assert result.returncode == 0, result.stderr[-2000:]

@@ -28,6 +28,7 @@ SMOKE = str(CONFIGS / "smoke" / "toy-vae.yaml")
 QUICK = ["--set", "output.figures=false", "--set", "train.steps=10"]
 
 
+@pytest.mark.slow
 def test_four_concurrent_runs_then_one_leaderboard_of_finished_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
