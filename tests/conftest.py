@@ -105,6 +105,24 @@ def in_process(*args: str) -> None:
         torch.set_num_threads(threads)
 
 
+def cli_here(capsys: pytest.CaptureFixture[str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`hvbench ARGS` from `cwd` in this process, read back as `run_cli` reads a subprocess:
+    checks of what the CLI prints and its exit status need no second interpreter (a second
+    of start-up each); tests/test_bad_input.py keeps sending such cases through real ones."""
+    capsys.readouterr()
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        in_process(*args)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        os.chdir(previous)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["hvbench", *args], code, out, err)
+
+
 def run_cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess:

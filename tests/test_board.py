@@ -18,7 +18,7 @@ import pytest
 from hvbench import leaderboard, report
 from hvbench.cli import main
 from hvbench.outcome import launcher_warning
-from tests.conftest import run_cli
+from tests.conftest import cli_here, run_cli
 
 TITLE_WORDS = {
     word
@@ -96,13 +96,13 @@ def test_wide_shows_every_column_whole(smoke_sweep: Path) -> None:
         assert {"data", "device", "params", "MIG"} <= words and words <= TITLE_WORDS
 
 
-def test_an_empty_results_root_says_how_to_start(tmp_path: Path) -> None:
+def test_an_empty_results_root_says_how_to_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "results").mkdir()
-    result = run_cli("leaderboard", "--root", "results", cwd=tmp_path)
+    result = cli_here(capsys, "leaderboard", "--root", "results", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "no finished runs under results/runs yet" in result.stdout
     assert "hvbench sweep configs/sweeps/smoke.yaml" in result.stdout
-    result = run_cli("report", "--root", "results", cwd=tmp_path)
+    result = cli_here(capsys, "report", "--root", "results", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "no finished runs under results/runs yet" in result.stdout
 

@@ -18,7 +18,7 @@ from hvbench.config import build
 from hvbench.errors import UserError
 from hvbench.registry import TASKS
 from hvbench.tasks.celeba import ATTRIBUTES, SAMPLE_SPLITS, write_sample
-from tests.conftest import CONFIGS, run_cli
+from tests.conftest import CONFIGS, cli_here, run_cli
 from tests.task_runs import ONE_THREAD
 
 ENTRY = TASKS.get("celeba")
@@ -178,9 +178,9 @@ def test_corrupt_or_wrong_images_are_named(fake_copy: Path, tmp_path: Path) -> N
         ENTRY.prepare(config(source=str(fake_copy)), tmp_path / "b")
 
 
-def test_cli_prepare_reports_missing_data_in_one_line(fake_copy: Path, tmp_path: Path) -> None:
+def test_cli_prepare_reports_missing_data_in_one_line(fake_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (fake_copy / "list_attr_celeba.txt").unlink()
-    result = run_cli(
+    result = cli_here(capsys,
         "data", "prepare", "--task", "celeba", "--source", str(fake_copy), cwd=tmp_path
     )
     assert result.returncode == 2

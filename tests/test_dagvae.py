@@ -20,7 +20,7 @@ from hvbench.errors import UserError
 from hvbench.latents import GaussianParams
 from hvbench.registry import MODELS
 from hvbench.task import TaskSpec
-from tests.conftest import CONFIGS, run_cli
+from tests.conftest import CONFIGS, cli_here
 from tests.model_checks import (
     binary_batch,
     check_bf16_matches_fp32,
@@ -120,12 +120,12 @@ def test_other_bad_settings_name_the_value() -> None:
         entry.build(build(entry.config, {"dag": "task", "node_dims": {"w": 3}}, "model"), dag_spec)
 
 
-def test_a_cyclic_config_exits_2_before_any_data_is_loaded(tmp_path: Path) -> None:
+def test_a_cyclic_config_exits_2_before_any_data_is_loaded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     smoke = yaml.safe_load((CONFIGS / "smoke" / "toy-dagvae.yaml").read_text())
     smoke["model"]["nodes"][0]["parents"] = ["c"]
     config = tmp_path / "cyclic.yaml"
     config.write_text(yaml.safe_dump(smoke))
-    result = run_cli("run", "--config", str(config), cwd=tmp_path)
+    result = cli_here(capsys, "run", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "hvbench: error: model.nodes has a cycle: a → c → a"
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()

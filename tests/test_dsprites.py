@@ -27,7 +27,7 @@ from hvbench.tasks._sprites import (
     sprite_positions,
 )
 from hvbench.tasks.dsprites import unpack
-from tests.conftest import CONFIGS, built_once, run_cli
+from tests.conftest import CONFIGS, built_once, cli_here, run_cli
 from tests.task_runs import ONE_THREAD
 
 GIF = Path(hvbench.tasks.__file__).parent / "data" / "dsprites.gif"
@@ -238,8 +238,8 @@ def test_an_official_layout_file_is_read_packed_and_hashed(
     assert all(torch.equal(task.splits[s], reference.splits[s]) for s in task.splits)
 
 
-def test_cli_prepare_with_a_missing_source_exits_2(tmp_path: Path) -> None:
-    result = run_cli("data", "prepare", "--task", "dsprites", "--source", "gone.npz", cwd=tmp_path)
+def test_cli_prepare_with_a_missing_source_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = cli_here(capsys, "data", "prepare", "--task", "dsprites", "--source", "gone.npz", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "hvbench: error: dSprites file not found: gone.npz; download "

@@ -15,7 +15,7 @@ from PIL import Image
 from hvbench.config import build
 from hvbench.errors import UserError
 from hvbench.registry import MODELS, TASKS
-from tests.conftest import CONFIGS, run_cli
+from tests.conftest import CONFIGS, cli_here, run_cli
 from tests.task_runs import ONE_THREAD, train_briefly
 
 ENTRY = TASKS.get("file")
@@ -186,9 +186,9 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     assert math.isfinite(record["metrics"]["test/elbo_nats"])
 
 
-def test_a_bad_file_exits_2_from_the_cli(tmp_path: Path) -> None:
+def test_a_bad_file_exits_2_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = npz(tmp_path, images=np.zeros((10, 8, 8, 3)))
-    result = run_cli(
+    result = cli_here(capsys,
         "run",
         "--config",
         str(CONFIGS / "smoke" / "file-vae.yaml"),
