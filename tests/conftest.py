@@ -16,6 +16,11 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
+SMOKE_VAE = str(CONFIGS / "smoke" / "toy-vae.yaml")
+# the smoke VAE as the resume and multi-process tests run it: 40 steps, a checkpoint every 2
+# (a kill lands at any step), no figures (not what they test), and an odd test split that two
+# processes shard with padding and must still count each image once
+RESUME_SETS = ("train.steps=40", "train.checkpoint_every=2", "output.figures=false", "task.n_test=255")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -135,6 +140,33 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def smoke_vae_args(run_id: str, *sets: str) -> list[str]:
+    """`hvbench run` of the smoke VAE with RESUME_SETS, as `run_id`."""
+    every = [*RESUME_SETS, f"output.run_id={run_id}", *sets]
+    return ["run", "--config", SMOKE_VAE, *[arg for s in every for arg in ("--set", s)]]
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke VAE trained by torchrun with 2 CPU processes of one thread each, once per
+    session (across workers): its run folder. The reference of a 2-process run killed and
+    resumed, and of the same run across two torchrun nodes."""
+
+    def train(cwd: Path) -> None:
+        result = subprocess.run(
+            [*torchrun(2), "-m", "hvbench", *smoke_vae_args("reference")],
+            cwd=cwd,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.count("run finished") == 1  # the main process reports, alone
+
+    return built_once(tmp_path_factory, "two-process-run", train) / "results/runs/toy-corr/vae/reference"
 
 
 @pytest.fixture(scope="session")

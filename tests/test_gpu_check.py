@@ -1,8 +1,9 @@
 """scripts/gpu_check.py, the one command for a GPU machine, exercised on its dry path
 (a CPU, a narrow copy of the model): the same accelerate launches, bench matrix and
 summary files, so the script is known to run through before it meets a GPU.
-Also the launcher's thread share: `accelerate launch` writes OMP_NUM_THREADS=1 for its one
-process, and the runs must still use every core."""
+Also the README's entry point, `accelerate launch -m hvbench run` (each precision's run is
+one), and the launcher's thread share: `accelerate launch` writes OMP_NUM_THREADS=1 for its
+one process, and the runs must still use every core."""
 
 from __future__ import annotations
 

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from hvbench import cpu
-from tests.conftest import CONFIGS, free_port, torchrun
+from tests.conftest import free_port, smoke_vae_args
 
-SMOKE = ["--config", str(CONFIGS / "smoke" / "toy-vae.yaml"), "--set", "output.run_id=run"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
@@ -36,12 +35,12 @@ def finish(process: subprocess.Popen) -> str:
     return out
 
 
-def record(root: Path) -> dict:
-    return json.loads((root / "results/runs/toy-corr/vae/run/metrics.json").read_text())
+def record(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 @pytest.mark.slow
-def test_two_nodes_match_two_processes_on_one_node(tmp_path: Path) -> None:
+def test_two_nodes_match_two_processes_on_one_node(tmp_path: Path, two_process_run: Path) -> None:
     """One thread per process in both layouts (a user's OMP_NUM_THREADS is respected), so the
     two layouts differ only in how the processes meet: the numbers must agree."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -62,24 +61,17 @@ def test_two_nodes_match_two_processes_on_one_node(tmp_path: Path) -> None:
                 "hvbench-test",
                 "-m",
                 "hvbench",
-                "run",
-                *SMOKE,
-                "--set",
-                f"output.root={tmp_path / 'two-nodes' / 'results'}",
+                *smoke_vae_args("reference", f"output.root={tmp_path / 'two-nodes'}"),
             ],
             tmp_path / f"node{i}",
             env,
         )
         for i in range(2)
     ]
-    single = launch(
-        [*torchrun(2), "-m", "hvbench", "run", *SMOKE],
-        tmp_path / "one-node",
-        env,
-    )
-    for process in [*nodes, single]:
+    for process in nodes:
         finish(process)
-    two, one = record(tmp_path / "two-nodes"), record(tmp_path / "one-node")
+    two = record(tmp_path / "two-nodes" / "runs/toy-corr/vae/reference")
+    one = record(two_process_run)  # torchrun, 2 processes on this node
     assert two["run"]["world_size"] == one["run"]["world_size"] == 2
     test = {k: v for k, v in one["metrics"].items() if k.startswith("test/")}
     assert test and test.keys() == {k for k in two["metrics"] if k.startswith("test/")}

@@ -24,12 +24,10 @@ import pytest
 
 from hvbench.cli import main
 from hvbench.leaderboard import load_runs
-from tests.conftest import CONFIGS, in_process, torchrun
+from tests.conftest import CONFIGS, in_process, smoke_vae_args, torchrun
 
 SMOKE = str(CONFIGS / "smoke" / "toy-vae.yaml")
 STEPS = 40
-# every 2 steps, so a kill lands at any step; figures off: they are not what is tested here
-SETS = ["train.steps=40", "train.checkpoint_every=2", "output.figures=false"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two OpenMP threads per process crawl on 2 shared cores
 
 
@@ -40,8 +38,7 @@ def hvbench(nproc: int, *args: str) -> list[str]:
 
 
 def run_args(run_id: str) -> list[str]:
-    sets = [arg for s in [*SETS, f"output.run_id={run_id}"] for arg in ("--set", s)]
-    return ["run", "--config", SMOKE, *sets]
+    return smoke_vae_args(run_id)
 
 
 def start(nproc: int, cwd: Path, run_id: str) -> subprocess.Popen:
@@ -130,14 +127,18 @@ def test_sigkill_at_a_random_step_then_resume_is_identical(reference: Path) -> N
 
 
 @pytest.mark.slow
-def test_two_processes_sigkill_then_resume_is_identical(tmp_path: Path) -> None:
-    result = run(2, tmp_path, *run_args("reference"))
-    assert result.returncode == 0, result.stderr[-2000:]
-    reference = tmp_path / "results" / "runs" / "toy-corr" / "vae" / "reference"
+def test_two_processes_share_one_run_and_resume_it_identically_after_sigkill(
+    tmp_path: Path, two_process_run: Path
+) -> None:
+    reference = two_process_run
+    assert sorted(p.name for p in reference.parent.iterdir()) == ["reference"]  # one folder
+    record = json.loads((reference / "metrics.json").read_text())
+    assert record["run"]["world_size"] == 2 and record["metrics"]["test/examples"] == 255
     run_dir, step = kill_and_resume(2, tmp_path, "killed")
     assert outcome(run_dir) == outcome(reference), f"killed after checkpoint {step}"
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["run"]["world_size"] == 2
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["killed"]
 
 
 def test_ctrl_c_checkpoints_marks_interrupted_and_resumes_identically(reference: Path) -> None:
