@@ -27,9 +27,12 @@ def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist, one thread per worker for torch here and for every process a test
     starts (OMP_NUM_THREADS, which hvbench respects as the user's choice): the workers already
     take one core each, and OpenMP threads beyond the cores spin waiting on each other (a
-    collapse check took 240 s beside a subprocess test instead of 10 s)."""
+    collapse check took 240 s beside a subprocess test instead of 10 s). A test that gives its
+    processes every core on purpose (the launchers' thread share) gets OpenMP threads that
+    sleep while they wait instead of spinning on a core the other workers need."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
         torch.set_num_threads(1)
 
 
