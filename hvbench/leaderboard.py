@@ -184,7 +184,8 @@ def load_finished(folders: list[Path]) -> list[dict[str, Any]]:
     (the board, the end-of-sweep board, the report, the W&B report). A record that cannot
     be read or shown is skipped with one warning line naming the file; so is one that names
     another folder than its own (a renamed or copied run folder: the board and the report find
-    a run's files by its record) or repeats a record already loaded (a copy, counted once)."""
+    a run's files by its record) or repeats a record already loaded (its record id, or its
+    numbers under another run id: a copy, counted once)."""
     runs = []
     seen: dict[str, Path] = {}
     for run_dir in folders:
@@ -205,11 +206,16 @@ def load_finished(folders: list[Path]) -> list[dict[str, Any]]:
         if (run["task"], run["model"], run["run_id"]) != run_dir.parts[-3:]:
             _warn(f"{path}: it is the record of run {claimed} but lies in {run_dir} (renamed or copied?)")
             continue
+        # a copy: the same record id (written once per record), or the same record but its id
         identity = json.dumps({**run, "run_id": None}, sort_keys=True, default=str)
-        if identity in seen:
-            _warn(f"{path}: the same record as {seen[identity]} (a copied run folder)")
+        record_id = run.get("record_id")
+        copied = seen.get(identity) or (seen.get(record_id) if isinstance(record_id, str) else None)
+        if copied is not None:
+            _warn(f"{path}: the same record as {copied} (a copied run folder)")
             continue
         seen[identity] = path
+        if isinstance(record_id, str):
+            seen[record_id] = path
         elbo = run["metrics"].get(key("elbo_nats", _report_split(run)))
         if isinstance(elbo, float) and not math.isfinite(elbo):
             print(f"hvbench: warning: {path}: its ELBO is {elbo}: shown, not ranked", file=sys.stderr)

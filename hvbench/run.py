@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import secrets
 import signal
 import sys
 import time
@@ -340,6 +341,9 @@ def _record(
     summary's name beside the groups' own metric keys."""
     summaries = next(iter(evaluations.values())).summaries
     return {
+        # one per record written: a copied run folder keeps it whatever else is edited in it,
+        # so the board counts that record once
+        "record_id": secrets.token_hex(8),
         "task": cfg.task_name,
         "model": cfg.model_name,
         "run_id": run_id,

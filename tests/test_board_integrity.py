@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import secrets
 import shutil
 import string
 from pathlib import Path
@@ -50,12 +51,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "runs" / "toy-corr" / "vae"
 
 
-def place(source: Path, root: Path, where: str, edit: dict[str, Any] | None = None) -> Path:
-    """A run folder `root/runs/<where>` holding `source`'s records, metrics.json edited."""
+def place(
+    source: Path, root: Path, where: str, edit: dict[str, Any] | None = None, copy: bool = False
+) -> Path:
+    """A run folder `root/runs/<where>` holding `source`'s records, metrics.json edited: another
+    run's record (its own record id), or with `copy` a copied folder's (the same id)."""
     folder = root / "runs" / where
     folder.mkdir(parents=True)
     for name in RECORD_FILES:
         shutil.copy2(source / name, folder / name)
+    if not copy:
+        edit = {"record_id": secrets.token_hex(8), **(edit or {})}
     if edit is not None:
         record = json.loads((folder / "metrics.json").read_text())
         for key, value in edit.items():
@@ -111,21 +117,25 @@ def test_a_record_that_disagrees_with_its_folder_or_repeats_another_is_skipped(
     runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = tmp_path / "results"
-    place(runs / "s0", root, "toy-corr/vae/s0")
-    place(runs / "s0", root, "toy-uncorr/vae/s0")  # another task's board
-    place(runs / "s0", root, "toy-corr/vae/s0-copy")  # cp -a: the run id inside is s0
-    place(runs / "s0", root, "toy-corr/vae/s0-again", {"run_id": "s0-again"})  # and edited
+    place(runs / "s0", root, "toy-corr/vae/s0", copy=True)
+    place(runs / "s0", root, "toy-uncorr/vae/s0", copy=True)  # another task's board
+    place(runs / "s0", root, "toy-corr/vae/s0-copy", copy=True)  # cp -a: the run id inside is s0
+    place(runs / "s0", root, "toy-corr/vae/s0-again", {"run_id": "s0-again"}, copy=True)  # edited
+    # cp -a, then the run id and a number edited to pass for another run: the record id stays
+    edited = {"run_id": "s0-forged", "metrics/test/elbo_nats": -1.0}
+    place(runs / "s0", root, "toy-corr/vae/s0-forged", edited, copy=True)
     capsys.readouterr()
     main_rows, _, seeds = build(root)
     lines = warnings(capsys.readouterr().err)
     assert [(r["task"], r["run_id"]) for r in main_rows] == [("toy-corr", "s0")]
     assert [(r["task"], r["n"]) for r in seeds] == [("toy-corr", 1)]
-    assert len(lines) == 3, lines
+    assert len(lines) == 4, lines
     moved = [line for line in lines if "lies in" in line]
     assert len(moved) == 2 and all("toy-corr/vae/s0 but lies in" in line for line in moved)
     assert any("toy-uncorr/vae/s0" in line for line in moved)
-    (copied,) = [line for line in lines if "the same record as" in line]
-    assert "s0-again" in copied and str(root / "runs/toy-corr/vae/s0/metrics.json") in copied
+    copied = [line for line in lines if "the same record as" in line]
+    assert [("s0-again" in line, "s0-forged" in line) for line in copied] == [(1, 0), (0, 1)]
+    assert all(str(root / "runs/toy-corr/vae/s0/metrics.json") in line for line in copied)
 
 
 def test_the_end_of_sweep_board_passes_the_same_gate(
@@ -134,8 +144,8 @@ def test_the_end_of_sweep_board_passes_the_same_gate(
     """`hvbench sweep`'s closing board reads its own run folders through the board's checks."""
     root = tmp_path / "results"
     folders = [
-        place(runs / "s0", root, "toy-corr/vae/s0"),
-        place(runs / "s0", root, "toy-corr/vae/s0-again", {"run_id": "s0-again"}),
+        place(runs / "s0", root, "toy-corr/vae/s0", copy=True),
+        place(runs / "s0", root, "toy-corr/vae/s0-again", {"run_id": "s0-again"}, copy=True),
         place(runs / "s1", root, "toy-corr/vae/s1", {"metrics/test/elbo_nats": math.inf}),
     ]
     capsys.readouterr()

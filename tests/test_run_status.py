@@ -66,8 +66,9 @@ def test_four_concurrent_runs_then_one_leaderboard_of_finished_runs(
     shutil.copytree(finished[0], legacy, ignore=shutil.ignore_patterns("status.json"))
     record = json.loads((legacy / "metrics.json").read_text())
     # a run of its own (finished earlier), not a copy of finished[0]'s record: the board
-    # counts one record once, whatever folder it was copied to
+    # counts one record once, whatever folder it was copied to; older versions wrote no record id
     info = {**record["run"], "finished": "2020-01-01T00:00:00+00:00"}
+    record = {k: v for k, v in record.items() if k != "record_id"}
     write_json(legacy / "metrics.json", {**record, "run_id": "legacy-finished", "run": info})
     (failed.parent / "legacy-killed").mkdir()
     (failed.parent / "legacy-killed" / "config.yaml").write_text("{}\n")
