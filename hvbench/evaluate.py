@@ -155,6 +155,20 @@ def full_precision(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn
     return accelerator.unwrap_model(model, keep_fp32_wrapper=False)
 
 
+@dataclass
+class _Collected:
+    """What evaluate_split's pass over the batches gathered on this process: per-example rows
+    of every statistic of the draws (by name), and the timing of the batches after warm-up."""
+
+    n: int  # examples of the split evaluated, over every process
+    exact: bool  # one pass gives E_q[z | x] exactly
+    passes: int  # forward passes per batch
+    rows: dict[str, list[Tensor]] = field(default_factory=dict)
+    analytic: dict[str, bool] = field(default_factory=dict)
+    timed_images: int = 0
+    timed_seconds: float = 0.0
+
+
 @torch.no_grad()
 def evaluate_split(
     model: torch.nn.Module, task: TaskData, split: str, accelerator: Accelerator, cfg: EvalConfig
@@ -173,9 +187,7 @@ def evaluate_split(
     images = task.splits[split]
     n = min(len(images), cfg.max_examples or len(images))
     index = shard(n, accelerator)
-    rows: dict[str, list[Tensor]] = {}
-    analytic: dict[str, bool] = {}
-    timed_images, timed_seconds = 0, 0.0
+    collected = _Collected(n, exact, passes)
     starts = range(0, len(index), cfg.batch_size)
     warmup = min(cfg.throughput_warmup, len(starts) - 1)  # always time at least one batch
     iwae_batches = -(-len(shard(_iwae_limit(len(images), cfg), accelerator)) // cfg.batch_size)
@@ -190,16 +202,13 @@ def evaluate_split(
                 batch.add(model(x))
             if b >= warmup:
                 synchronize(accelerator.device)
-                timed_seconds += time.perf_counter() - t0
-                timed_images += real_rows(n, accelerator, start, len(x))
-            analytic = batch.analytic
+                collected.timed_seconds += time.perf_counter() - t0
+                collected.timed_images += real_rows(n, accelerator, start, len(x))
+            collected.analytic = batch.analytic
             for name, value in batch.means().items():
-                rows.setdefault(name, []).append(value)
+                collected.rows.setdefault(name, []).append(value)
             reporter.update(b + 1)
-        return _split_metrics(
-            model, task, split, accelerator, cfg, n, rows, analytic, exact, passes, reporter,
-            timed_images, timed_seconds,
-        )  # fmt: skip
+        return _split_metrics(model, task, split, accelerator, cfg, collected, reporter)
 
 
 def _split_metrics(
@@ -208,19 +217,14 @@ def _split_metrics(
     split: str,
     accelerator: Accelerator,
     cfg: EvalConfig,
-    n: int,
-    rows: dict[str, list[Tensor]],
-    analytic: dict[str, bool],
-    exact: bool,
-    passes: int,
+    collected: _Collected,
     reporter: StepReporter,
-    timed_images: int,
-    timed_seconds: float,
 ) -> SplitEvaluation:
     """evaluate_split's metrics from the batches' draws; the IWAE batches report progress."""
+    n, exact, analytic = collected.n, collected.exact, collected.analytic
 
     def gathered(name: str) -> Tensor:
-        return gather_rows(accelerator, torch.cat(rows[name]), n).cpu()
+        return gather_rows(accelerator, torch.cat(collected.rows[name]), n).cpu()
 
     elbo, log_px = gathered("elbo").double(), gathered("log_px").double()
     parts = ("term", "half_a", "half_b", "cond_a", "cond_b")
@@ -243,12 +247,12 @@ def _split_metrics(
     )
     metrics.update(scores)
     metrics[key("<split>_eval_images_per_s", split)] = _rate(
-        accelerator, timed_images, timed_seconds
+        accelerator, collected.timed_images, collected.timed_seconds
     )
     if cfg.iwae_k > 0:
         metrics.update(_iwae_metrics(model, task, split, accelerator, cfg, elbo, reporter))
     units = {g: _unit_record(d, activities[g], conditionals[g]) for g, d in draws.items()}
-    described = estimators(cfg, passes, exact)
+    described = estimators(cfg, collected.passes, exact)
     return SplitEvaluation(metrics, units, post_means, notes, described, factor_unit, summaries)
 
 
