@@ -269,7 +269,7 @@ def factor_unit_figure(
     fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 2.6 * lines), squeeze=False)
     for ax in axes.flat[len(rows) :]:
         ax.axis("off")
-    for ax, ((_, _, model, variant), runs) in zip(axes.flat, rows, strict=False):
+    for ax, ((sweep, _, model, variant), runs) in zip(axes.flat, rows, strict=False):
         record = min(runs, key=lambda r: r["seed"])
         matrix = record["factor_unit"]["test"]
         image = ax.imshow(matrix["abs_spearman"], vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -280,7 +280,8 @@ def factor_unit_figure(
         else:
             ax.set_xlabel(f"{len(units)} units", fontsize=6)
             ax.set_xticks([])
-        ax.set_title(f"{task or ''} {model} {variant} (seed {record['seed']})".strip(), fontsize=7)
+        label = sweep if variant == "-" else variant  # a row without a variant: its sweep's name
+        ax.set_title(f"{task or ''} {model} {label} (seed {record['seed']})".strip(), fontsize=7)
     fig.colorbar(image, ax=axes, shrink=0.6, label="|Spearman|")
     fig.savefig(out, dpi=90)
     plt.close(fig)
