@@ -64,7 +64,10 @@ def collect_run(run_dir: Path, target: Path, max_kb: int) -> int:
         if (run_dir / name).is_file():
             written += write_if_changed(target / name, (run_dir / name).read_bytes())
     for png in sorted(run_dir.glob("figures*/*.png")):
-        written += write_if_changed(target / png.parent.name / png.name, small_png(png, max_kb))
+        kept = target / png.parent.name / png.name
+        if kept.is_file() and kept.read_bytes() == png.read_bytes():
+            continue  # already this record's copy (a re-encoding would change its bytes)
+        written += write_if_changed(kept, small_png(png, max_kb))
     return written
 
 
