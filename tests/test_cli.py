@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CONFIGS, in_process, run_cli
+from tests.conftest import CONFIGS, cli_here, in_process, run_cli
 
 SMOKE = str(CONFIGS / "smoke" / "toy-vae.yaml")
 
@@ -87,8 +87,8 @@ def test_list_shows_tasks_and_models(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", [["run"], ["list"], ["leaderboard"], ["data", "prepare"]])
-def test_help(command: list[str], tmp_path: Path) -> None:
-    result = run_cli(*command, "--help", cwd=tmp_path)
+def test_help(command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = cli_here(capsys, *command, "--help", cwd=tmp_path)
     assert result.returncode == 0 and "usage: hvbench" in result.stdout
 
 
