@@ -120,7 +120,7 @@ if TYPE_CHECKING:
 
 def _wandb() -> ModuleType:
     """W&B, imported where a run logs to it: a run with W&B disabled (every test and smoke
-    run) never pays its import, a third of a second per process."""
+    run) never pays for its import."""
     import wandb
 
     return wandb

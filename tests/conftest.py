@@ -27,7 +27,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist, one thread per worker for torch here and for every process a test
     starts (OMP_NUM_THREADS, which hvbench respects as the user's choice): the workers already
     take one core each, and OpenMP threads beyond the cores spin waiting on each other (a
-    collapse check took 240 s beside a subprocess test instead of 10 s). A test that gives its
+    seconds-long check then takes minutes beside a subprocess test). A test that gives its
     processes every core on purpose (the launchers' thread share) gets OpenMP threads that
     sleep while they wait instead of spinning on a core the other workers need."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -52,8 +52,8 @@ def built_once(
     tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
 ) -> Path:
     """`build(folder)` run once per test session even across xdist workers: the first worker
-    to ask builds it under a lock, the others wait and reuse it (a 377 MB dSprites grid is
-    built in 12 s, not once per worker). Removed when the session ends."""
+    to ask builds it under a lock, the others wait and reuse it (the full dSprites grid is
+    built once, not once per worker). Removed when the session ends."""
     root = _shared_root(tmp_path_factory)
     folder, done = root / name, root / f"{name}.done"
     with open(root / f"{name}.lock", "w") as lock:

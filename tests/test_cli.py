@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CONFIGS, cli_here, in_process, run_cli
+from tests.conftest import CONFIGS, cli_here, run_cli
 
 SMOKE = str(CONFIGS / "smoke" / "toy-vae.yaml")
 
@@ -122,16 +122,13 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     args: list[str],
     message: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """In this process, from an empty folder (tests/test_bad_input.py sends such cases through
     a real `python -m hvbench` too)."""
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as stopped:
-        in_process("run", *args)
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert stopped.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+    result = cli_here(capsys, "run", *args, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "results").exists()
 
 
@@ -169,7 +166,5 @@ def test_bench_prints_one_json_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (
         record["shape"] == [1, 28, 28] and record["mode"] == "train" and record["images_per_s"] > 0
     )
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as bad:  # in this process: a second interpreter costs seconds
-        in_process("bench", "--model", "vae", "--shape", "1,28")
-    assert bad.value.code == 2 and "--shape must be C,H,W" in capsys.readouterr().err
+    bad = cli_here(capsys, "bench", "--model", "vae", "--shape", "1,28", cwd=tmp_path)
+    assert bad.returncode == 2 and "--shape must be C,H,W" in bad.stderr

@@ -10,20 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONFIGS, in_process, run_cli
+from tests.conftest import CONFIGS, cli_here, in_process, run_cli
 
 
 def _metrics(path: Path) -> dict:
     return json.loads(path.read_text())["metrics"]
 
 
-def refused(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+def refused(capsys: pytest.CaptureFixture[str], *args: str, cwd: Path) -> str:
     """`hvbench ARGS` in this process must exit 2 with one line; that line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stopped:
-        in_process(*args)
-    err = capsys.readouterr().err.strip()
-    assert stopped.value.code == 2 and len(err.splitlines()) == 1, err
+    result = cli_here(capsys, *args, cwd=cwd)
+    err = result.stderr.strip()
+    assert result.returncode == 2 and len(err.splitlines()) == 1, err
     return err
 
 
@@ -53,8 +51,8 @@ def test_a_half_budget_checkpoint_is_evaluated_apart_from_the_board(
     rows = (root / "leaderboard.csv").read_text().strip().splitlines()
     assert len(rows) == 2  # header + the run itself, not its checkpoints' numbers
 
-    assert "kept steps: 15, 30" in refused(capsys, "eval", str(run_dir), "--checkpoint", "7")
+    assert "kept steps: 15, 30" in refused(capsys, "eval", str(run_dir), "--checkpoint", "7", cwd=tmp_path)
 
     before = (run_dir / "metrics.step-00000015.json").read_bytes()
-    assert "exists already" in refused(capsys, "eval", str(run_dir), "--checkpoint", "15")
+    assert "exists already" in refused(capsys, "eval", str(run_dir), "--checkpoint", "15", cwd=tmp_path)
     assert (run_dir / "metrics.step-00000015.json").read_bytes() == before

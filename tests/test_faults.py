@@ -26,18 +26,39 @@ import pytest
 import yaml
 
 from hvbench.results import read_status, write_status
-from tests.conftest import CONFIGS, in_process
+from tests.conftest import in_process, smoke_vae_args
 
-SMOKE = str(CONFIGS / "smoke" / "toy-vae.yaml")
-# every 2 steps, all kept: a 5 MB disk fills up half-way; figures off (not what is tested)
-SETS = ["train.steps=40", "train.checkpoint_every=2", "output.figures=false"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def run_args(run_id: str, root: Path, *sets: str) -> list[str]:
-    every = [*SETS, f"output.run_id={run_id}", f"output.root={root}", *sets]
-    return ["run", "--config", SMOKE, *[a for s in every for a in ("--set", s)]]
+    """The smoke VAE as the resume tests run it (a checkpoint every 2 steps: a 5 MB disk
+    fills up half-way), under `root`."""
+    return smoke_vae_args(run_id, f"output.root={root}", *sets)
 
+
+def hvbench_failing(cwd: Path, *args: str) -> str:
+    """`python -m hvbench ARGS` in a real process that must fail as a fault of the machine:
+    exit 1, no traceback, one `hvbench:` line (returned)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "hvbench", *args],
+        cwd=cwd,
+        env={**os.environ, **ONE_THREAD},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("hvbench:")]
+    return line
+
+
+def copy_of(reference: Path, disk: Path) -> Path:
+    """The reference run's folder (without its checkpoints) under `disk`'s results root."""
+    run_dir = disk / "results" / "runs" / "toy-corr" / "vae" / "reference"
+    shutil.copytree(reference, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    return run_dir
 
 
 def outcome(run_dir: Path) -> tuple[Any, ...]:
@@ -89,18 +110,8 @@ def test_disk_full_while_checkpointing_fails_in_one_line_and_resumes_identically
 ) -> None:
     fill(small_disk / "ballast", limit=3_500_000)  # ~1.5 MB left: a few checkpoints
     root = small_disk / "results"
-    result = subprocess.run(
-        [sys.executable, "-m", "hvbench", *run_args("full", root, "train.keep_checkpoints=100")],
-        cwd=small_disk.parent,
-        env={**os.environ, **ONE_THREAD},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    line = hvbench_failing(small_disk.parent, *run_args("full", root, "train.keep_checkpoints=100"))
     run_dir = root / "runs" / "toy-corr" / "vae" / "full"
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    (line,) = [x for x in result.stderr.splitlines() if x.startswith("hvbench:")]
     assert line.startswith("hvbench: run failed: No space left on device")
     assert f"resume from step {read_status(run_dir)['step']} with: hvbench run --resume" in line
     status = read_status(run_dir)
@@ -118,22 +129,11 @@ def test_eval_on_a_full_disk_fails_in_one_line_and_loses_nothing(
 ) -> None:
     """A full disk is a fault of the machine (exit 1), not a bad value (exit 2); the run's
     records are untouched and the same command works once space is freed."""
-    run_dir = small_disk / "results" / "runs" / "toy-corr" / "vae" / "reference"
-    shutil.copytree(reference, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    run_dir = copy_of(reference, small_disk)
     before = sorted(p.name for p in run_dir.iterdir())
     fill(small_disk / "ballast")
     command = ["eval", str(run_dir), "--set", "eval.au_samples=4", "--set", "eval.iwae_k=0"]
-    result = subprocess.run(
-        [sys.executable, "-m", "hvbench", *command],
-        cwd=small_disk.parent,
-        env={**os.environ, **ONE_THREAD},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    (line,) = [x for x in result.stderr.splitlines() if x.startswith("hvbench:")]
+    line = hvbench_failing(small_disk.parent, *command)
     assert line.startswith(f"hvbench: failed: cannot write a metrics version into {run_dir}")
     assert "No space left on device" in line
     assert sorted(p.name for p in run_dir.iterdir()) == before
@@ -149,24 +149,13 @@ def test_a_disk_that_fills_while_figures_are_drawn_keeps_the_numbers(
 ) -> None:
     """Room for the new record, none for its figures: exit 1 in one line, the record kept
     (written first), no half-written figure, the run's own files untouched."""
-    run_dir = small_disk / "results" / "runs" / "toy-corr" / "vae" / "reference"
-    shutil.copytree(reference, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    run_dir = copy_of(reference, small_disk)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     config["output"]["figures"] = True  # the reference run drew none
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     room = 2 * len((run_dir / "metrics.json").read_bytes()) + 32768
     (small_disk / "ballast").write_bytes(bytes(shutil.disk_usage(small_disk).free - room))
-    result = subprocess.run(
-        [sys.executable, "-m", "hvbench", "eval", str(run_dir)],
-        cwd=small_disk.parent,
-        env={**os.environ, **ONE_THREAD},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    (line,) = [x for x in result.stderr.splitlines() if x.startswith("hvbench:")]
+    line = hvbench_failing(small_disk.parent, "eval", str(run_dir))
     assert line.startswith("hvbench: failed: No space left on device"), line
     assert (run_dir / "metrics.v2.json").is_file()
     assert outcome(run_dir) == outcome(reference)

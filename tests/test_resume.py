@@ -24,9 +24,8 @@ import pytest
 
 from hvbench.cli import main
 from hvbench.leaderboard import load_runs
-from tests.conftest import CONFIGS, in_process, smoke_vae_args, torchrun
+from tests.conftest import SMOKE_VAE, in_process, smoke_vae_args, torchrun
 
-SMOKE = str(CONFIGS / "smoke" / "toy-vae.yaml")
 STEPS = 40
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two OpenMP threads per process crawl on 2 shared cores
 
@@ -37,13 +36,9 @@ def hvbench(nproc: int, *args: str) -> list[str]:
     return [*torchrun(nproc), "-m", "hvbench", *args]
 
 
-def run_args(run_id: str) -> list[str]:
-    return smoke_vae_args(run_id)
-
-
 def start(nproc: int, cwd: Path, run_id: str) -> subprocess.Popen:
     return subprocess.Popen(
-        hvbench(nproc, *run_args(run_id)),
+        hvbench(nproc, *smoke_vae_args(run_id)),
         cwd=cwd,
         env={**os.environ, **ONE_THREAD},
         stdout=subprocess.DEVNULL,
@@ -97,7 +92,7 @@ def status(run_dir: Path) -> dict[str, Any]:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted 1-process run: what every resumed run must end with."""
     root = tmp_path_factory.mktemp("resume") / "results"
-    in_process(*run_args("reference"), "--set", f"output.root={root}")
+    in_process(*smoke_vae_args("reference"), "--set", f"output.root={root}")
     return root / "runs" / "toy-corr" / "vae" / "reference"
 
 
@@ -199,11 +194,11 @@ def test_sigterm_during_evaluation_marks_interrupted_and_resumes_identically(
     and gives the uninterrupted run's numbers. A larger IWAE makes the evaluation last seconds,
     so the signal lands inside it."""
     longer = ["--set", "eval.iwae_k=500"]
-    in_process(*run_args("whole"), *longer, "--set", f"output.root={tmp_path / 'results'}")
+    in_process(*smoke_vae_args("whole"), *longer, "--set", f"output.root={tmp_path / 'results'}")
     whole = tmp_path / "results" / "runs" / "toy-corr" / "vae" / "whole"
     run_dir = tmp_path / "results" / "runs" / "toy-corr" / "vae" / "term"
     proc = subprocess.Popen(
-        hvbench(1, *run_args("term"), *longer),
+        hvbench(1, *smoke_vae_args("term"), *longer),
         cwd=tmp_path,
         env={**os.environ, **ONE_THREAD},
         stdout=subprocess.DEVNULL,
@@ -227,7 +222,7 @@ def test_sigterm_during_evaluation_marks_interrupted_and_resumes_identically(
 
 def test_eval_redraws_the_evaluation_figures_beside_the_runs_own(tmp_path: Path) -> None:
     root = tmp_path / "results"
-    in_process("run", "--config", SMOKE, "--set", f"output.root={root}", "--set", "output.run_id=f")
+    in_process("run", "--config", SMOKE_VAE, "--set", f"output.root={root}", "--set", "output.run_id=f")
     run_dir = root / "runs" / "toy-corr" / "vae" / "f"
     own = {p.name: p.read_bytes() for p in (run_dir / "figures").iterdir()}
     assert "training_curves.png" in own and "kl_per_unit.png" in own
