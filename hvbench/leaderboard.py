@@ -448,11 +448,16 @@ def _legend(configs: dict[tuple[str, str, str], dict[str, Any] | None]) -> list[
     first = (unique or [asdict(EvalConfig())])[0]
     lines = [f"- **{title}**: {definition(name, first)}" for title, name in LEGEND]
     if len(unique) > 1:
-        lines.append("- Runs differ in their eval settings; the values above are the first's. By config:")
-        lines += [
-            f"  - {name}: " + ", ".join(f"eval.{k}={shown(v)}" for k, v in sorted(settings.items()))
-            for name, settings in by_config.items()
-        ]
+        keys = sorted(set().union(*unique))
+        differing = [k for k in keys if len({shown(u.get(k)) for u in unique}) > 1]
+        lines.append(
+            f"- Runs differ in {', '.join(f'eval.{k}' for k in differing)}; the values above are "
+            "the first's. By value, the config hashes computed with it:"
+        )
+        for settings in unique:
+            names = [name for name, s in by_config.items() if s == settings]
+            values = ", ".join(f"eval.{k}={shown(settings.get(k))}" for k in differing)
+            lines.append(f"  - {values}: {', '.join(names)}")
     return ["−ELBO per dim is bits/dim for 8-bit data under a discrete likelihood, nats/dim otherwise.", *lines]
 
 

@@ -1,5 +1,6 @@
 """Evaluate every registered model, built from its smoke config with seed-0 weights, on the
-smoke toy task; run under torchrun with 1 or 2 processes by tests/test_distributed.py.
+smoke toy task; run in the test's own process and under torchrun with 2 processes by
+tests/test_distributed.py.
 
 Writes {model: {"metrics": ..., "se": ...}} as JSON to argv[1] from the main process.
 `se` (1-process runs only) holds the Monte Carlo standard errors of the sampled bounds given

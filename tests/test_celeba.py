@@ -18,8 +18,7 @@ from hvbench.config import build
 from hvbench.errors import UserError
 from hvbench.registry import TASKS
 from hvbench.tasks.celeba import ATTRIBUTES, SAMPLE_SPLITS, write_sample
-from tests.conftest import CONFIGS, cli_here, run_cli
-from tests.task_runs import ONE_THREAD
+from tests.conftest import CONFIGS, cli_here
 
 ENTRY = TASKS.get("celeba")
 
@@ -188,11 +187,13 @@ def test_cli_prepare_reports_missing_data_in_one_line(fake_copy: Path, tmp_path:
     assert f"CelebA attribute file is missing: expected {fake_copy}/list_attr_celeba.txt" in line
 
 
-def test_smoke_run_end_to_end(fake: tuple[Path, np.ndarray], tmp_path: Path) -> None:
-    result = run_cli(
+def test_smoke_run_end_to_end(
+    fake: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = cli_here(capsys,
         "run", "--config", str(CONFIGS / "smoke" / "celeba-vae.yaml"), "--wandb", "disabled",
         "--set", f"task.source={fake[0]}", "--set", f"output.root={tmp_path / 'results'}",
-        cwd=tmp_path, env=ONE_THREAD,
+        cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     (metrics,) = (tmp_path / "results" / "runs" / "celeba" / "vae").glob("*/metrics.json")

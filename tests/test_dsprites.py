@@ -27,8 +27,7 @@ from hvbench.tasks._sprites import (
     sprite_positions,
 )
 from hvbench.tasks.dsprites import unpack
-from tests.conftest import CONFIGS, built_once, cli_here, run_cli
-from tests.task_runs import ONE_THREAD
+from tests.conftest import CONFIGS, built_once, cli_here
 
 GIF = Path(hvbench.tasks.__file__).parent / "data" / "dsprites.gif"
 ENTRY = TASKS.get("dsprites")
@@ -249,12 +248,12 @@ def test_cli_prepare_with_a_missing_source_exits_2(tmp_path: Path, capsys: pytes
     ]
 
 
-def test_smoke_run_end_to_end(tmp_path: Path) -> None:
+def test_smoke_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config_file = CONFIGS / "smoke" / "dsprites-vae.yaml"
-    result = run_cli(
+    result = cli_here(capsys,
         "run", "--config", str(config_file), "--wandb", "disabled",
         "--set", f"output.root={tmp_path / 'results'}",
-        cwd=tmp_path, env=ONE_THREAD,
+        cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     (metrics,) = (tmp_path / "results" / "runs" / "dsprites" / "vae").glob("*/metrics.json")

@@ -15,8 +15,8 @@ from PIL import Image
 from hvbench.config import build
 from hvbench.errors import UserError
 from hvbench.registry import MODELS, TASKS
-from tests.conftest import CONFIGS, cli_here, run_cli
-from tests.task_runs import ONE_THREAD, train_briefly
+from tests.conftest import CONFIGS, cli_here
+from tests.task_runs import train_briefly
 
 ENTRY = TASKS.get("file")
 RNG = np.random.default_rng(0)
@@ -165,7 +165,7 @@ def test_a_missing_path_option_says_how_to_give_one() -> None:
         ENTRY.build(build(ENTRY.config, {}, "task"), Path("/x"))
 
 
-def test_smoke_run_end_to_end(tmp_path: Path) -> None:
+def test_smoke_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     images = (RNG.random((300, 16, 16)) > 0.7).astype(np.uint8)
     path = npz(
         tmp_path,
@@ -173,10 +173,10 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
         factors=RNG.random((300, 3)),
         factor_names=np.array(["a", "b", "c"]),
     )
-    result = run_cli(
+    result = cli_here(capsys,
         "run", "--config", str(CONFIGS / "smoke" / "file-vae.yaml"), "--wandb", "disabled",
         "--set", f"task.path={path}", "--set", f"output.root={tmp_path / 'results'}",
-        cwd=tmp_path, env=ONE_THREAD,
+        cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     (metrics,) = (tmp_path / "results" / "runs" / "file" / "vae").glob("*/metrics.json")
