@@ -26,7 +26,7 @@ from tests.conftest import REPO
 
 
 def _script(name: str) -> ModuleType:
-    """scripts/NAME.py as a module (scripts/ is not a package: it is run, not installed)."""
+    """A script under scripts/ as a module (scripts/ is not a package: it is run, not installed)."""
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
