@@ -124,7 +124,9 @@ def latent_histograms(post_means: dict[str, Tensor], path: Path, max_panels: int
     for ax, (name, values) in zip(axes.flat, panels, strict=False):
         v = values.float().numpy()
         low, high = min(float(v.min()), -3.0), max(float(v.max()), 3.0)
-        heights, edges = np.histogram(v, bins=40, density=True)
+        # bins over the panel's range, which holds ±3: a unit whose means are all equal (a
+        # collapsed one) is a spike in one bin, not a range too narrow for 40 bins
+        heights, edges = np.histogram(v, bins=40, range=(low, high), density=True)
         ax.stairs(heights, edges, fill=True, color="tab:blue", zorder=2)  # one artist, not 40 bars
         grid = torch.linspace(low, high, 200)
         prior = torch.exp(-0.5 * grid**2)  # N(0, 1) up to its constant: scaled to the peak below

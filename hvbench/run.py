@@ -7,6 +7,7 @@ testable on its own. Only the main process writes files or talks to W&B.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -640,16 +641,19 @@ def _safe_figures(
     folder: Path,
     cfg: RunConfig,
 ) -> dict[str, Path]:
-    """The figures (training curves only when `history` is given), unless off; a model whose
-    outputs are not finite (the metrics say so) gets a warning instead of figures, never a
-    traceback after its numbers are known."""
+    """The figures (training curves only when `history` is given), unless off. Each is drawn
+    on its own: one matplotlib refuses (a model whose outputs are not finite; the metrics say
+    so) is a warning naming it, never a traceback after the run's numbers are known, and never
+    costs the others."""
     if not cfg.output.figures:
         return {}
-    try:
-        return _figures(model, task, evaluations, history, folder, cfg)
-    except ValueError as err:  # matplotlib refuses NaN/inf ranges
-        print(f"hvbench: warning: figures not drawn: {err}", file=sys.stderr)
-        return {}
+    paths = {}
+    for name, draw in _figures(model, task, evaluations, history, folder, cfg).items():
+        try:
+            paths[name] = draw()
+        except ValueError as err:  # matplotlib refuses NaN/inf ranges
+            print(f"hvbench: warning: figure {name} not drawn: {err}", file=sys.stderr)
+    return paths
 
 
 @torch.no_grad()
@@ -660,35 +664,41 @@ def _figures(
     history: list[dict[str, float]],
     folder: Path,
     cfg: RunConfig,
-) -> dict[str, Path]:
+) -> dict[str, Callable[[], Path]]:
+    """Each figure by name, as a function that draws and saves it."""
     from hvbench import figures  # matplotlib: imported by runs that draw, not by every run
 
     split = task.eval_splits[-1]
     device = next(model.parameters()).device
     x = task.splits[split][:32].to(device)
     model.eval()
-    recon = model.head.mean(model(x).px_params)
-    paths = {
-        "reconstructions": figures.reconstruction_grid(
-            figures.to_display(x, task.spec.likelihood), recon.cpu(), folder / "reconstructions.png"
+    recon = model.head.mean(model(x).px_params).cpu()
+    samples = model.sample(32).float().cpu()
+    last = evaluations[split]
+    drawings: dict[str, Callable[[], Path]] = {
+        "reconstructions": lambda: figures.reconstruction_grid(
+            figures.to_display(x, task.spec.likelihood), recon, folder / "reconstructions.png"
         ),
-        "samples": figures.sample_grid(model.sample(32).float().cpu(), folder / "samples.png"),
-        "latent_histograms": figures.latent_histograms(
-            evaluations[split].post_means, folder / "latent_histograms.png"
+        "samples": lambda: figures.sample_grid(samples, folder / "samples.png"),
+        "latent_histograms": lambda: figures.latent_histograms(
+            last.post_means, folder / "latent_histograms.png"
         ),
-        "kl_per_unit": figures.kl_per_unit(
-            evaluations[split].units, cfg.eval.kl_collapse_threshold, folder / "kl_per_unit.png"
+        "kl_per_unit": lambda: figures.kl_per_unit(
+            last.units, cfg.eval.kl_collapse_threshold, folder / "kl_per_unit.png"
         ),
     }
     if history:
-        paths["training_curves"] = figures.training_curves(history, folder / "training_curves.png")
+        drawings["training_curves"] = lambda: figures.training_curves(
+            history, folder / "training_curves.png"
+        )
     for name, e in evaluations.items():
         if e.factor_unit is not None:
-            paths[f"factor_unit_{name}"] = figures.factor_unit_matrix(
+            drawings[f"factor_unit_{name}"] = functools.partial(
+                figures.factor_unit_matrix,
                 e.factor_unit,
                 list(task.factor_names),
                 disentanglement.unit_names(e.post_means),
                 folder / f"factor_unit_{name}.png",
                 [a <= cfg.eval.au_threshold for g in e.post_means for a in e.units[g]["activity"]],
             )
-    return paths
+    return drawings
