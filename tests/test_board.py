@@ -18,7 +18,7 @@ import pytest
 from hvbench import leaderboard, report
 from hvbench.cli import main
 from hvbench.outcome import launcher_warning
-from tests.conftest import cli_here, run_cli
+from tests.conftest import cli_here
 
 TITLE_WORDS = {
     word
@@ -55,10 +55,14 @@ def _tables(text: str) -> list[tuple[list[str], list[str]]]:
 
 @pytest.mark.slow  # the first to ask for the smoke sweep
 @pytest.mark.parametrize("width", [80, 200])
-def test_the_board_reads_as_a_table_in_80_and_200_columns(smoke_sweep: Path, width: int) -> None:
-    result = run_cli(
-        "leaderboard", "--root", str(smoke_sweep), cwd=smoke_sweep.parent, env={"COLUMNS": str(width)}
-    )
+def test_the_board_reads_as_a_table_in_80_and_200_columns(
+    smoke_sweep: Path,
+    width: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("COLUMNS", str(width))
+    result = cli_here(capsys, "leaderboard", "--root", str(smoke_sweep), cwd=smoke_sweep.parent)
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert "…" not in text  # no cell or title cut short
@@ -84,11 +88,13 @@ def test_the_board_reads_as_a_table_in_80_and_200_columns(smoke_sweep: Path, wid
         assert "−ELBO/dim" in text and "img/s" in text
 
 
-def test_wide_shows_every_column_whole(smoke_sweep: Path) -> None:
-    result = run_cli(
-        "leaderboard", "--root", str(smoke_sweep), "--wide", cwd=smoke_sweep.parent,
-        env={"COLUMNS": "80"},
-    )  # fmt: skip
+def test_wide_shows_every_column_whole(
+    smoke_sweep: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    result = cli_here(
+        capsys, "leaderboard", "--root", str(smoke_sweep), "--wide", cwd=smoke_sweep.parent
+    )
     assert result.returncode == 0, result.stderr
     assert "…" not in result.stdout
     for head, _ in _tables(result.stdout):

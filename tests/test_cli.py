@@ -67,9 +67,11 @@ def test_run_writes_config_metrics_and_figures(smoke_run: tuple[Path, Path]) -> 
     }
 
 
-def test_leaderboard_lists_the_run(smoke_run: tuple[Path, Path]) -> None:
+def test_leaderboard_lists_the_run(
+    smoke_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     cwd, run_dir = smoke_run
-    result = run_cli("leaderboard", cwd=cwd)
+    result = cli_here(capsys, "leaderboard", cwd=cwd)
     assert result.returncode == 0, result.stderr
     markdown = (cwd / "results" / "leaderboard.md").read_text()
     assert run_dir.name in markdown
@@ -79,8 +81,8 @@ def test_leaderboard_lists_the_run(smoke_run: tuple[Path, Path]) -> None:
     assert "toy-corr" in result.stdout
 
 
-def test_list_shows_tasks_and_models(tmp_path: Path) -> None:
-    result = run_cli("list", cwd=tmp_path)
+def test_list_shows_tasks_and_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = cli_here(capsys, "list", cwd=tmp_path)
     assert result.returncode == 0
     for name in ("toy-corr", "toy-uncorr", "vae"):
         assert name in result.stdout
@@ -132,16 +134,19 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert not (tmp_path / "results").exists()
 
 
-def test_existing_run_folder_is_never_overwritten(smoke_run: tuple[Path, Path]) -> None:
+def test_existing_run_folder_is_never_overwritten(
+    smoke_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     cwd, run_dir = smoke_run
     before = (run_dir / "metrics.json").read_bytes()
-    result = run_cli("run", "--config", SMOKE, "--set", f"output.run_id={run_dir.name}", cwd=cwd)
+    result = cli_here(capsys, "run", "--config", SMOKE, "--set", f"output.run_id={run_dir.name}", cwd=cwd)
     assert result.returncode == 2 and "already exists" in result.stderr
     assert (run_dir / "metrics.json").read_bytes() == before
 
 
 def test_bench_prints_one_json_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_cli(
+    result = cli_here(
+        capsys,
         "bench",
         "--model",
         "vae",

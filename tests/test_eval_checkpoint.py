@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONFIGS, cli_here, in_process, run_cli
+from tests.conftest import CONFIGS, cli_here, in_process
 
 
 def _metrics(path: Path) -> dict:
@@ -36,7 +36,7 @@ def test_a_half_budget_checkpoint_is_evaluated_apart_from_the_board(
     run_dir = root / "runs/toy-corr/vae/half"
     final = _metrics(run_dir / "metrics.json")
 
-    half = run_cli("eval", str(run_dir), "--checkpoint", "15", cwd=tmp_path)
+    half = cli_here(capsys, "eval", str(run_dir), "--checkpoint", "15", cwd=tmp_path)
     assert half.returncode == 0, half.stderr
     record = json.loads((run_dir / "metrics.step-00000015.json").read_text())
     assert record["checkpoint"]["step"] == 15 and record["run"]["steps"] == 15

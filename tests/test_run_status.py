@@ -22,7 +22,7 @@ from hvbench.results import (
     run_status,
     write_new_metrics,
 )
-from tests.conftest import CONFIGS, run_cli
+from tests.conftest import CONFIGS, cli_here
 
 SMOKE = str(CONFIGS / "smoke" / "toy-vae.yaml")
 QUICK = ["--set", "output.figures=false", "--set", "train.steps=10"]
@@ -79,7 +79,7 @@ def test_four_concurrent_runs_then_one_leaderboard_of_finished_runs(
         folder.mkdir()
         (folder / "metrics.json").write_bytes(data)
 
-    board = run_cli("leaderboard", "--all", cwd=tmp_path)
+    board = cli_here(capsys, "leaderboard", "--all", cwd=tmp_path)
     assert board.returncode == 0, board.stderr
     warnings = board.stderr.strip().splitlines()
     assert len(warnings) == len(broken) and all("hvbench: warning: skipping" in w for w in warnings)

@@ -23,7 +23,7 @@ from hvbench.errors import UserError
 from hvbench.sweep import dry_run, load, plan, submit
 from hvbench.tracking import init_kwargs
 from tests import browser
-from tests.conftest import CONFIGS, run_cli
+from tests.conftest import CONFIGS, cli_here
 
 SMOKE = CONFIGS / "sweeps" / "smoke.yaml"
 
@@ -59,9 +59,11 @@ def test_each_runs_wandb_init_groups_it_by_sweep_and_model(swept: Path) -> None:
         assert kwargs["tags"] == ["fp32", "cpu", f"smoke/toy-{model}"]
 
 
-def test_a_second_invocation_runs_nothing_new(swept: Path) -> None:
+def test_a_second_invocation_runs_nothing_new(
+    swept: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = {p: p.stat().st_mtime_ns for p in swept.glob("runs/*/*/*/metrics.json")}
-    result = run_cli("sweep", str(SMOKE), "--out", "results", cwd=swept.parent)
+    result = cli_here(capsys, "sweep", str(SMOKE), "--out", "results", cwd=swept.parent)
     assert result.returncode == 0, result.stderr
     assert "sweep smoke: 4 skipped, 0 finished, 0 failed, 0 interrupted" in result.stdout
     assert {p: p.stat().st_mtime_ns for p in swept.glob("runs/*/*/*/metrics.json")} == before

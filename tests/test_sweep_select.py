@@ -12,7 +12,7 @@ from hvbench.config import resolve
 from hvbench.errors import UserError
 from hvbench.results import write_status
 from hvbench.sweep import load, only, plan, shard
-from tests.conftest import CONFIGS, run_cli
+from tests.conftest import CONFIGS, cli_here
 
 SWEEP = CONFIGS / "sweeps" / "toy-study.yaml"
 
@@ -39,8 +39,11 @@ def test_only_keeps_one_row_and_names_the_rows_when_nothing_matches(tmp_path: Pa
         only(sweep, "toy-corr/vaex")
 
 
-def test_the_cli_prints_one_rows_commands(tmp_path: Path) -> None:
-    result = run_cli(
+def test_the_cli_prints_one_rows_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = cli_here(
+        capsys,
         "sweep", str(SWEEP), "--only", "toy-uncorr/lvae/elbo-warmup", "--shard", "1/2",
         "--dry-run", "--out", str(tmp_path / "results"), cwd=tmp_path,
     )  # fmt: skip
