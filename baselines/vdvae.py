@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hvbench.blocks import compute_dtype
 from hvbench.errors import UserError
 from hvbench.latents import AncestralModel, DiagonalGaussian, LatentSample, draw
 from hvbench.likelihoods import get_likelihood
@@ -194,11 +195,13 @@ class TopDownBlock(nn.Module):
         return state + feats[:, 2 * self.zdim :], p, q
 
     def project(self, state: Tensor, z: Tensor) -> Tensor:
-        """Add z to the state (in fp32 under autocast: bf16 would round z more coarsely than a
-        tight posterior's σ) and run the residual block."""
-        with torch.autocast(z.device.type, enabled=False):
+        """Add z to the state (projected in fp32 under autocast: bf16 would round z more
+        coarsely than a tight posterior's σ; the projection cast once to the state's dtype)
+        and run the residual block."""
+        device = z.device.type
+        with torch.autocast(device, enabled=False):
             update = self.z_proj(z.float())
-        return self.resnet(state + update)
+        return self.resnet(state + update.to(compute_dtype(device, update.dtype)))
 
 
 class VDVAE(AncestralModel):
@@ -269,14 +272,18 @@ class VDVAE(AncestralModel):
         """Top-down from 1×1 to the image: posterior draws given `features`, prior draws
         without; the state of each resolution is carried in `states`."""
         acts = None if features is None else dict(zip(self.enc_resolutions, features, strict=True))
+        # the state runs in autocast's dtype where it is on, like every activation: the learned
+        # initial states are cast once here, z's update once in `project`
+        dtype = compute_dtype(self.gain.device.type, self.gain.dtype)
         states = {
-            r: b.expand(n, -1, -1, -1) for r, b in zip(self.bias_res, self.bias_xs, strict=True)
+            r: b.to(dtype).expand(n, -1, -1, -1)
+            for r, b in zip(self.bias_res, self.bias_xs, strict=True)
         }
         groups: dict[str, LatentSample] = {}
         for name, block in zip(self.group_names, self.decoder, strict=True):
             state = states.get(block.res)
             if state is None:
-                state = self.gain.new_zeros(n, self.gain.shape[1], block.res, block.res)
+                state = self.gain.new_zeros(n, self.gain.shape[1], block.res, block.res, dtype=dtype)
             if block.mixin:
                 state = state + F.interpolate(
                     states[block.mixin], scale_factor=block.res // block.mixin

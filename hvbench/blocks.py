@@ -337,6 +337,13 @@ class LatentMLP(nn.Sequential):
             return super().forward(x.float())
 
 
+def compute_dtype(device: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype activations run in on `device`: autocast's where it is on, else `dtype`. A
+    stack's input cast to it once runs in it throughout; an fp32 input would make every
+    residual sum fp32 and every activation after it a cast and an fp32 pass."""
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else dtype
+
+
 class LatentToFeatures(nn.Module):
     """A latent sample back to a stage-shaped map: linear + reshape (dense), 1×1 conv (spatial).
 
@@ -362,8 +369,7 @@ class LatentToFeatures(nn.Module):
         device = z.device.type
         with torch.autocast(device, enabled=False):  # see LatentMLP: z stays unrounded
             h = self.proj(z.float()).view(-1, *self.shape)
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
-        return h.to(dtype, memory_format=self.memory_format)
+        return h.to(compute_dtype(device, h.dtype), memory_format=self.memory_format)
 
 
 class GenerativeStage(nn.Module):
