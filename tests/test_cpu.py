@@ -20,12 +20,12 @@ spec = TaskSpec((1, 64, 64), "bernoulli")  # the Burgess et al. conv VAE at batc
 entry = MODELS.get("vae")
 model = entry.build(build(entry.config, {}, "model"), spec)
 step = Stepper(model, spec, Cell("vae", None, "no", 64, "plain", "train", spec.shape), torch.device("cpu"))
-for _ in range(2):
-    step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
     step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 """
 
 
