@@ -20,6 +20,9 @@ SMOKE_VAE = str(CONFIGS / "smoke" / "toy-vae.yaml")
 # the smoke VAE as the resume and multi-process tests run it: 40 steps, a checkpoint every 2
 # (a kill lands at any step), no figures (not what they test), and an odd test split that two
 # processes shard with padding and must still count each image once
+# a test's own subprocesses run torch on one thread: two OpenMP threads per process crawl on
+# 2 shared cores (pytest_configure sets the same in every xdist worker's environment)
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 RESUME_SETS = ("train.steps=40", "train.checkpoint_every=2", "output.figures=false", "task.n_test=255")
 
 

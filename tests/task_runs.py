@@ -4,7 +4,7 @@ Shared by the dataset tests so that a new model is trained on every dataset
 the moment it is registered. Each model keeps the sizes of its own smoke config
 (`configs/smoke/toy-<model>.yaml`) when it has one, else its defaults.
 
-Torch runs on one thread here (ONE_THREAD for subprocesses): on a shared 2-core
+Torch runs on one thread here: on a shared 2-core
 machine, two OpenMP threads that wait on each other made these tiny steps
 10-40× slower than one.
 """
@@ -22,7 +22,6 @@ from hvbench.config import read_yaml, resolve
 from hvbench.run import execute
 from tests.conftest import CONFIGS
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 TINY_BUDGET = {
     "train": {"steps": 3, "batch_size": 16, "eval_every": 3, "log_every": 1, "val_examples": 32},
     "eval": {

@@ -191,7 +191,8 @@ def test_smoke_run_end_to_end(
     fake: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     result = cli_here(capsys,
-        "run", "--config", str(CONFIGS / "smoke" / "celeba-vae.yaml"), "--wandb", "disabled", "--set", "output.figures=false",
+        "run", "--config", str(CONFIGS / "smoke" / "celeba-vae.yaml"), "--wandb", "disabled",
+        "--set", "output.figures=false",
         "--set", f"task.source={fake[0]}", "--set", f"output.root={tmp_path / 'results'}",
         cwd=tmp_path,
     )  # fmt: skip

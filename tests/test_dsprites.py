@@ -251,7 +251,8 @@ def test_cli_prepare_with_a_missing_source_exits_2(tmp_path: Path, capsys: pytes
 def test_smoke_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config_file = CONFIGS / "smoke" / "dsprites-vae.yaml"
     result = cli_here(capsys,
-        "run", "--config", str(config_file), "--wandb", "disabled", "--set", "output.figures=false",
+        "run", "--config", str(config_file), "--wandb", "disabled",
+        "--set", "output.figures=false",
         "--set", f"output.root={tmp_path / 'results'}",
         cwd=tmp_path,
     )  # fmt: skip

@@ -18,9 +18,9 @@ from hvbench.checkpoint import EMA_FILE, fingerprint
 from hvbench.config import resolve
 from hvbench.ema import EMA
 from hvbench.errors import UserError
+from tests.conftest import ONE_THREAD
 from tests.conftest import SMOKE_VAE as SMOKE
 from tests.test_resume import (
-    ONE_THREAD,
     hvbench,
     in_process,
     kill_tree,

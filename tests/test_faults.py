@@ -26,9 +26,7 @@ import pytest
 import yaml
 
 from hvbench.results import read_status, write_status
-from tests.conftest import in_process, smoke_vae_args
-
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+from tests.conftest import ONE_THREAD, in_process, run_cli, smoke_vae_args
 
 
 def run_args(run_id: str, root: Path, *sets: str) -> list[str]:
@@ -40,14 +38,7 @@ def run_args(run_id: str, root: Path, *sets: str) -> list[str]:
 def hvbench_failing(cwd: Path, *args: str) -> str:
     """`python -m hvbench ARGS` in a real process that must fail as a fault of the machine:
     exit 1, no traceback, one `hvbench:` line (returned)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "hvbench", *args],
-        cwd=cwd,
-        env={**os.environ, **ONE_THREAD},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_cli(*args, cwd=cwd, env=ONE_THREAD)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("hvbench:")]

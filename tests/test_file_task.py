@@ -174,7 +174,8 @@ def test_smoke_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         factor_names=np.array(["a", "b", "c"]),
     )
     result = cli_here(capsys,
-        "run", "--config", str(CONFIGS / "smoke" / "file-vae.yaml"), "--wandb", "disabled", "--set", "output.figures=false",
+        "run", "--config", str(CONFIGS / "smoke" / "file-vae.yaml"), "--wandb", "disabled",
+        "--set", "output.figures=false",
         "--set", f"task.path={path}", "--set", f"output.root={tmp_path / 'results'}",
         cwd=tmp_path,
     )  # fmt: skip

@@ -24,10 +24,9 @@ import pytest
 
 from hvbench.cli import main
 from hvbench.leaderboard import load_runs
-from tests.conftest import SMOKE_VAE, in_process, smoke_vae_args, torchrun
+from tests.conftest import ONE_THREAD, SMOKE_VAE, in_process, smoke_vae_args, torchrun
 
 STEPS = 40
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two OpenMP threads per process crawl on 2 shared cores
 
 
 def hvbench(nproc: int, *args: str) -> list[str]:
