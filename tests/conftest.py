@@ -8,7 +8,8 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -175,20 +176,41 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built_once(tmp_path_factory, "two-process-run", train) / "results/runs/toy-corr/vae/reference"
 
 
+@contextmanager
+def stdout_into(path: Path) -> Iterator[None]:
+    """What this process and the processes it starts print, into `path`: Python's stdout and
+    file descriptor 1 (which a subprocess inherits) both point at the file for the block."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(path, "w") as file, redirect_stdout(file):
+            os.dup2(file.fileno(), 1)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                os.dup2(saved, 1)
+    finally:
+        os.close(saved)
+
+
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The README's smoke sweep, run once per test session (across workers) by the CLI in a
-    subprocess and logged to W&B offline (as the README's sweep → W&B Report sequence does):
-    its results root. Its output is kept in `sweep.out` beside the root."""
+    """The README's smoke sweep, run once per test session (across workers) by the CLI and
+    logged to W&B offline (as the README's sweep → W&B Report sequence does): its results
+    root. The sweep itself runs in this process (each of its runs is a subprocess, as always);
+    what it prints is kept in `sweep.out` beside the root."""
 
     def sweep(cwd: Path) -> None:
         env = {"HVBENCH_CACHE": str(cwd / "cache"), "WANDB_DIR": str(cwd / "wandb"), "COLUMNS": "80"}
-        result = run_cli(
-            "sweep", str(CONFIGS / "sweeps" / "smoke.yaml"), "--out", "results", "--wandb", "offline",
-            cwd=cwd, env=env,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        assert "sweep smoke: 0 skipped, 4 finished, 0 failed, 0 interrupted" in result.stdout
-        (cwd / "sweep.out").write_text(result.stdout)
+        printed = cwd / "sweep.out"
+        with pytest.MonkeyPatch.context() as patch, stdout_into(printed):
+            for key, value in env.items():
+                patch.setenv(key, value)
+            patch.chdir(cwd)
+            in_process("sweep", str(CONFIGS / "sweeps" / "smoke.yaml"), "--out", "results",
+                       "--wandb", "offline")  # fmt: skip
+        summary = "sweep smoke: 0 skipped, 4 finished, 0 failed, 0 interrupted"
+        assert summary in printed.read_text()
 
     return built_once(tmp_path_factory, "smoke-sweep", sweep) / "results"

@@ -1,5 +1,6 @@
 """Evaluate every registered model, built from its smoke config with seed-0 weights, on the
-smoke toy task; run in the test's own process and under torchrun with 2 processes by
+smoke toy task with an odd test split (two processes shard it with padding, and the IWAE
+subset too); run in the test's own process and under torchrun with 2 processes by
 tests/test_distributed.py.
 
 Writes {model: {"metrics": ..., "se": ...}} as JSON to argv[1] from the main process.
@@ -25,6 +26,7 @@ from hvbench.registry import MODELS, TASKS
 from hvbench.run import make_accelerator
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "smoke"
+TEST_EXAMPLES, IWAE_EXAMPLES = 131, 33
 
 
 def _standard_error(first: torch.Tensor, second: torch.Tensor, draws: int) -> float:
@@ -50,7 +52,13 @@ def main(out: Path) -> None:
     results = {}
     for name in MODELS.names():
         cfg = resolve(config_file=CONFIGS / f"toy-{name}.yaml")
-        cfg = replace(cfg, eval=replace(cfg.eval, au_samples=4, throughput_warmup=0))
+        cfg = replace(
+            cfg,
+            task=replace(cfg.task, n_test=TEST_EXAMPLES),
+            eval=replace(
+                cfg.eval, au_samples=4, throughput_warmup=0, iwae_examples=IWAE_EXAMPLES
+            ),
+        )
         task = TASKS.get(cfg.task_name).build(cfg.task, cache_dir())
         set_seed(0)  # the same weights in every process and every launch
         model = accelerator.prepare(MODELS.get(name).build(cfg.model, task.spec))

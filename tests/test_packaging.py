@@ -86,7 +86,8 @@ def test_python_m_hvbench_inside_a_clone_finds_tasks_and_baselines(tmp_path: Pat
         "import runpy, sys\n"
         "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in f.__module__]\n"
         "sys.argv = ['hvbench', 'run', '--config', 'configs/smoke/toy-vae.yaml',\n"
-        f"            '--out', {str(tmp_path / 'results')!r}, '--set', 'train.steps=2']\n"
+        f"            '--out', {str(tmp_path / 'results')!r}, '--set', 'train.steps=2',\n"
+        "            '--set', 'output.figures=false', '--set', 'task.n_test=64']\n"
         "runpy.run_module('hvbench', run_name='__main__')\n"
     )
     result = subprocess.run(

@@ -111,6 +111,7 @@ def test_the_posterior_reads_the_image_and_the_top_prior_does_not() -> None:
 def test_a_run_summarises_its_groups_per_resolution(tmp_path: Path) -> None:
     root = tmp_path / "results"
     sets = ["output.root=" + str(root), "output.run_id=r", "output.figures=false"]
+    sets += ["train.steps=4", "train.eval_every=4", "task.n_test=64", "eval.iwae_examples=8"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
