@@ -16,7 +16,10 @@ images/s with their ratios to it (the issue's targets: fp32 ≥ 1.0×, bf16 ≥ 
 bf16 units), both parameter counts, and hvbench's rates as fractions of the conv rates
 measured in the same round. The CPU's model name and its bf16-relevant flags come from
 `lscpu`: without AVX512-BF16 or AMX, bf16 convolutions are emulated and cannot beat fp32.
-Writes OUT/vdvae-side-by-side.{json,md}.
+`--option channels_last` (or `compile`) benches hvbench with that speed option: oneDNN's
+bf16 convolutions on AMX work in NHWC, so an NCHW bf16 step reorders the input of nearly
+every convolution. Writes OUT/vdvae-side-by-side.{json,md} (plain) or
+OUT/vdvae-side-by-side-OPTION.{json,md}.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hvbench.bench import OPTIONS
 from hvbench.probe import LSCPU_FLAGS, lscpu
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +70,7 @@ def hvbench(args: argparse.Namespace) -> dict[str, Any]:
         command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--rounds", "1"]
         command += ["--probe-seconds", str(args.probe_seconds)]
         command += ["--probe-batch", str(args.probe_batch), "--threads", str(args.threads)]
-        command += ["--out", folder]
+        command += ["--options", args.option, "--out", folder]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"{shlex.join(command)} failed: {done.stderr[-2000:]}")
@@ -113,7 +117,8 @@ def markdown(record: dict[str, Any]) -> str:
         f"{cpu['model'] or first['device']}; lscpu flags: {listed}. Batch {record['batch']}, "
         f"`--hps {record['hps']}`, {len(rounds)} interleaved rounds, wall clock, "
         f"{record['threads']} threads; {record['when']}.",
-        f"Official code: `{record['official']}`. hvbench: `hvbench bench` of {record['config']}.",
+        f"Official code: `{record['official']}`. hvbench: `hvbench bench --options "
+        f"{record['option']}` of {record['config']}.",
         "",
         "| official fp32 img/s | hvbench fp32 | hvbench bf16 | parameters (official / hvbench) "
         "| hvbench fp32 % of the fp32 conv rate | hvbench bf16 % of the bf16 conv rate |",
@@ -155,6 +160,9 @@ def main() -> None:
     parser.add_argument("--probe-seconds", type=float, default=0.5, help="per probe shape")
     parser.add_argument("--probe-batch", type=int, default=16, help="batch of the conv probe")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--option", default="plain", choices=OPTIONS, help="hvbench's speed option (bench --options)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "results")
     args = parser.parse_args()
     args.config = args.config.resolve()
@@ -173,6 +181,7 @@ def main() -> None:
         if args.config.is_relative_to(REPO)
         else args.config.name,
         "batch": args.batch,
+        "option": args.option,
         "threads": args.threads,
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": lscpu(),
@@ -185,8 +194,9 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(record, indent=1, sort_keys=True) + "\n"
-    (args.out / "vdvae-side-by-side.json").write_text(text)
-    (args.out / "vdvae-side-by-side.md").write_text(markdown(record))
+    stem = "vdvae-side-by-side" + ("" if args.option == "plain" else f"-{args.option}")
+    (args.out / f"{stem}.json").write_text(text)
+    (args.out / f"{stem}.md").write_text(markdown(record))
     print(markdown(record))
 
 
