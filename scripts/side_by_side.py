@@ -178,7 +178,7 @@ def markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--official", required=True, help="timer command template ({model}, {steps})"
@@ -211,7 +211,7 @@ def main() -> None:
         help="hvbench's speed option (train.channels_last, train.compile)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     rounds = []
     for index in range(args.rounds):

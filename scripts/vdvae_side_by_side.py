@@ -142,7 +142,7 @@ def markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--peer", type=Path, required=True, help="the official code's vdvae_peer.py"
@@ -164,7 +164,7 @@ def main() -> None:
         "--option", default="plain", choices=OPTIONS, help="hvbench's speed option (bench --options)"
     )
     parser.add_argument("--out", type=Path, default=REPO / "results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.config = args.config.resolve()
     if not args.peer.is_file():
         raise SystemExit(f"--peer {args.peer}: no such file")

@@ -9,46 +9,27 @@ one process, and the runs must still use every core."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from hvbench import cpu
 from hvbench.config import resolve
 from hvbench.run import build_model, load_task
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
-
-def _script(name: str) -> ModuleType:
-    """A script under scripts/ as a module (scripts/ is not a package: it is run, not installed)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = _script("gpu_check")
+gpu_check = load_script("gpu_check")
 
 
 @pytest.mark.slow
-def test_gpu_check_dry_path_writes_every_number(tmp_path: Path) -> None:
+def test_gpu_check_dry_path_writes_every_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "gpu"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    script = [sys.executable, str(REPO / "scripts" / "gpu_check.py")]
-    result = subprocess.run(
-        [*script, "--dry", "--out", str(out), "--models", "vdvae"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # its launches take every core
+    gpu_check.main(["--dry", "--out", str(out), "--models", "vdvae"])  # launches: subprocesses
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dry"] is True and set(summary["models"]) == {"vdvae"}
     for model, measured in summary["models"].items():
