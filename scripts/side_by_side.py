@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hvbench.bench import OPTIONS
 from hvbench.probe import lscpu
 
 REPO = Path(__file__).resolve().parent.parent
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--option",
-        choices=("plain", "channels_last", "compile"),
+        choices=OPTIONS,
         default="plain",
         help="hvbench's speed option (train.channels_last, train.compile)",
     )

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 
 from hvbench import aggregate
@@ -28,7 +27,7 @@ from hvbench.cli import main
 from hvbench.config import resolve
 from hvbench.errors import UserError
 from hvbench.leaderboard import build, print_sweep
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, in_process
 
 SMOKE = str(CONFIGS / "smoke" / "toy-vae.yaml")
 SWEEP = CONFIGS / "sweeps" / "smoke.yaml"
@@ -39,15 +38,10 @@ RECORD_FILES = ("config.yaml", "status.json", "metrics.json")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two finished smoke runs (seeds 0 and 1, one configuration): results/runs/toy-corr/vae/."""
     root = tmp_path_factory.mktemp("board") / "results"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for seed in (0, 1):
-            sets = [f"output.root={root}", f"output.run_id=s{seed}", f"train.seed={seed}"]
-            sets += ["output.figures=false", "train.steps=10", "train.eval_every=10"]
-            main(["run", "--config", SMOKE, *[a for s in sets for a in ("--set", s)]])
-    finally:
-        torch.set_num_threads(threads)
+    for seed in (0, 1):
+        sets = [f"output.root={root}", f"output.run_id=s{seed}", f"train.seed={seed}"]
+        sets += ["output.figures=false", "train.steps=10", "train.eval_every=10"]
+        in_process("run", "--config", SMOKE, *[a for s in sets for a in ("--set", s)])
     return root / "runs" / "toy-corr" / "vae"
 
 
@@ -176,12 +170,7 @@ def test_a_reevaluation_is_grouped_and_labelled_by_its_eval_settings(
     root = tmp_path / "results"
     shutil.copytree(runs.parent.parent.parent, root)
     run_dir = root / "runs" / "toy-corr" / "vae" / "s1"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        main(["eval", str(run_dir), "--set", "eval.au_samples=4"])
-    finally:
-        torch.set_num_threads(threads)
+    in_process("eval", str(run_dir), "--set", "eval.au_samples=4")
     record = json.loads((run_dir / "metrics.v2.json").read_text())
     assert record["run"]["eval"]["au_samples"] == 4  # config.yaml still says 2
     _, _, seeds = build(root)

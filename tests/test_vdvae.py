@@ -12,12 +12,11 @@ import pytest
 import torch
 
 from hvbench.baselines.vdvae import VDVAE, VDVAEConfig, auto_layout, parse_blocks
-from hvbench.cli import main
 from hvbench.config import build, read_yaml
 from hvbench.errors import UserError
 from hvbench.leaderboard import group_rows, load_runs
 from hvbench.task import TaskSpec
-from tests.conftest import CONFIGS, load_script
+from tests.conftest import CONFIGS, in_process, load_script
 
 # VDVAE's published CIFAR-10 hyper-parameters (its hps.py `cifar10` over its argparse defaults)
 PAPER = read_yaml(CONFIGS / "paper" / "vdvae.yaml")["model"]
@@ -110,19 +109,8 @@ def test_a_run_summarises_its_groups_per_resolution(tmp_path: Path) -> None:
     root = tmp_path / "results"
     sets = ["output.root=" + str(root), "output.run_id=r", "output.figures=false"]
     sets += ["train.steps=4", "train.eval_every=4", "task.n_test=64", "eval.iwae_examples=8"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        main(
-            [
-                "run",
-                "--config",
-                str(CONFIGS / "smoke" / "toy-vdvae.yaml"),
-                *(arg for s in sets for arg in ("--set", s)),
-            ]
-        )
-    finally:
-        torch.set_num_threads(threads)
+    config = str(CONFIGS / "smoke" / "toy-vdvae.yaml")
+    in_process("run", "--config", config, *(arg for s in sets for arg in ("--set", s)))
     record = json.loads((root / "runs" / "toy-corr" / "vdvae" / "r" / "metrics.json").read_text())
     summaries = dict(record["group_summaries"])
     assert list(summaries) == ["res1", "res4", "res8", "res16", "res32"]
