@@ -108,7 +108,7 @@ def header(cells: list[str]) -> list[str]:
 
 def toy_study(groups: dict, lines: list[str]) -> None:
     lines += [
-        "## 1. Weak KL on toy data (`configs/sweeps/toy-study.yaml`)",
+        "## 1. Weak KL on toy data (`configs/sweeps/toy-study.yaml`, `toy-study-vdvae.yaml`)",
         "",
         "weak-kl: w_rec = 5, β = 0.1, constant; elbo-warmup: w_rec = 1, β linear 0 → 1 over "
         "500 steps. ELBO and log p(x|z) in nats per image (the plain bound, whatever the "
@@ -317,7 +317,7 @@ def main() -> None:
         groups,
         "dsprites-cpu",
         lines,
-        "## 3–4. dSprites at a CPU budget (`configs/sweeps/dsprites-cpu.yaml`, "
+        "## 3–4. dSprites at a CPU budget (`configs/sweeps/dsprites-cpu*.yaml`, "
         "`dsprites-mirrored.yaml`)",
         "800 steps of 64 (0.08 epoch of the generated grid): every model, and the DAG-VAE "
         "with the mirrored trunk (its own table below).",
