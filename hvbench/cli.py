@@ -452,9 +452,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--options",
         nargs="+",
-        choices=("plain", "channels_last", "compile"),
+        choices=("plain", "channels_last", "compile", "channels_last+compile"),
         default=["plain"],
-        help="speed options, each its own row (train.channels_last, train.compile)",
+        help="speed options, each its own row (train.channels_last, train.compile, both)",
     )
     bench.add_argument("--steps", type=int, default=5, help="timed steps per cell and round")
     bench.add_argument("--warmup", type=int, default=2, help="untimed steps per cell")

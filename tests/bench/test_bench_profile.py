@@ -45,6 +45,7 @@ def one_thread() -> Iterator[None]:
         ("aten::mul", "element-wise"),
         ("aten::cat", "element-wise"),
         ("cpp_fused_add_elu_0", "element-wise"),
+        ("graph_1_cpp_fused_convolution_backward_elu_backward_1", "element-wise"),
         ("triton_poi_fused_mul_sigmoid_1", "element-wise"),
         ("aten::empty_strided", "other"),
         ("aten::view", "other"),
