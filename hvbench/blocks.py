@@ -158,9 +158,9 @@ class Dropout(nn.Module):
     per element and even one fp32 uniform per element is a visible share of a small
     net's step, so the mask comes from `scaled_mask`'s random bits. Under `torch.compile`
     that mask is an opaque op of the graph: inductor fuses the multiply into the
-    activation before it, and does not draw the mask again in the backward pass (its own
-    CPU random numbers, drawn per element, cost more than the convolutions they sit
-    between).
+    activation before it and draws no random numbers of its own (drawn per element, they
+    cost more than the convolutions around them). The mask stays in x's dtype: a bool or
+    uint8 mask inside inductor's fused kernels kept them from vectorizing.
     """
 
     def __init__(self, p: float):
@@ -181,9 +181,9 @@ class Dropout(nn.Module):
 @torch.library.custom_op("hvbench::scaled_mask", mutates_args=())
 def scaled_mask(x: Tensor, p: float) -> Tensor:
     """1/keep where an element is kept and 0 where dropped (keep = 1 - p), in x's dtype and
-    layout. The mask is read from random *bits*, 64 a draw: 8 per element when keep is a
-    multiple of 1/256 (the paper configs' 0.5), else 16 (keep rounded to a multiple of
-    2⁻¹⁶, as an fp32 uniform rounds it to 2⁻²⁴), compared with keep·2^bits."""
+    layout. The mask is read from random *bits*, 64 a draw, in memory order: 8 per element
+    when keep is a multiple of 1/256 (the paper configs' 0.5), else 16 (keep rounded to a
+    multiple of 2⁻¹⁶, as an fp32 uniform rounds it to 2⁻²⁴), compared with keep·2^bits."""
     keep, n = 1.0 - p, x.numel()
     bits = 8 if (keep * 256).is_integer() else 16
     words = torch.empty(-(-n * bits // 64), dtype=torch.int64, device=x.device)
@@ -191,12 +191,11 @@ def scaled_mask(x: Tensor, p: float) -> Tensor:
     if bits == 8:
         values, threshold = words.view(torch.uint8)[:n], int(keep * 256)
     else:  # int16 runs from -2¹⁵: keep·2¹⁶ values lie below the threshold
-        values, threshold = words.view(torch.int16)[:n], min(round(keep * 2**16), 2**16 - 1)
-        threshold -= 2**15
-    kept = torch.empty_like(x, dtype=torch.bool)  # x's layout; dense, so flat in memory
-    torch.lt(values, threshold, out=kept.as_strided((n,), (1,)))
-    # through uint8: torch casts bool to bf16 much slower than uint8
-    return kept.view(torch.uint8).to(x.dtype).mul_(1.0 / keep)
+        values, threshold = words.view(torch.int16)[:n], min(round(keep * 2**16), 2**16 - 1) - 2**15
+    mask = torch.empty_like(x)  # x's layout; dense, so flat in memory
+    kept = torch.lt(values, threshold).view(torch.uint8)  # torch casts bool to bf16 slowly
+    torch.mul(kept, 1.0 / keep, out=mask.as_strided((n,), (1,)))  # cast and scale: one pass
+    return mask
 
 
 @scaled_mask.register_fake

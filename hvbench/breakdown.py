@@ -15,6 +15,11 @@ category splits the step with no time counted twice:
 | element-wise | every other op that reads or writes tensor data: activations and their backward, `add`, `mul`, `cat`, `where`, reductions, pooling, fills, and the fused kernels of `torch.compile` |
 | other | allocation, views and reshapes, autograd's and Python's bookkeeping |
 
+A compiled step's fused kernels (inductor's `cpp_fused_*` on a CPU, `triton_*` on a GPU)
+are element-wise work whatever ops they fuse (a name may list `convolution_backward` as an
+origin); on a CPU they appear in the profile only if inductor generated them with kernel
+profiling on, which `hvbench bench --profile` turns on before it compiles.
+
 The optimiser rule goes first (Adam's `mul_` is optimiser time, the model's is
 element-wise), then the names in the order of the table. Casts, random numbers and
 element-wise work are the non-convolution work issue 22 asks to keep small: no FLOP
