@@ -12,6 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
+from hvbench.bench import bench_models, synthetic_batch
 from hvbench.blocks import Dropout, GatedResBlock
 from hvbench.config import TrainConfig, resolve
 from hvbench.evaluate import evaluate_split
@@ -125,13 +126,18 @@ def test_dropout_masks_follow_the_activations_dtype_and_layout() -> None:
 
 
 def test_compiled_dropout_is_one_op_of_the_graph_and_draws_the_eager_mask() -> None:
-    """Under torch.compile the mask is an opaque op of the graph: no graph break (BIVA's 18
-    dropouts split a step into 42 graphs, each block's forward recompiled past dynamo's
-    limit) and inductor's own per-element random numbers are not drawn; the mask is eager's."""
+    """Under torch.compile the mask is an opaque op of the graph: a BIVA training step with
+    dropout is one graph (with a break at each dropout, the paper config's step was 42 graphs,
+    each block's forward recompiled past dynamo's limit) and inductor's own per-element random
+    numbers are not drawn; the mask is eager's."""
+    (biva,) = bench_models(["biva"], [], ["model.filters=4", "model.dropout=0.5"], "1,8,8", "bernoulli")
+    model = biva.build().train()
+    images = synthetic_batch(biva.spec, 2, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch._dynamo.explain(model)(images).graph_break_count == 0
     torch.manual_seed(0)
     block = GatedResBlock((4, 6, 6), 4, 3, (6, 6), dropout=0.5)
     x = torch.randn(2, 4, 6, 6)
-    assert torch._dynamo.explain(block)(x).graph_break_count == 0
     torch.manual_seed(1)
     eager = block(x)
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
