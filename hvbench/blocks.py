@@ -191,11 +191,12 @@ def scaled_mask(x: Tensor, p: float) -> Tensor:
     if bits == 8:
         values, threshold = words.view(torch.uint8)[:n], int(keep * 256)
     else:  # int16 runs from -2¹⁵: keep·2¹⁶ values lie below the threshold
-        values, threshold = words.view(torch.int16)[:n], min(round(keep * 2**16), 2**16 - 1) - 2**15
-    mask = torch.empty_like(x)  # x's layout; dense, so flat in memory
-    kept = torch.lt(values, threshold).view(torch.uint8)  # torch casts bool to bf16 slowly
-    torch.mul(kept, 1.0 / keep, out=mask.as_strided((n,), (1,)))  # cast and scale: one pass
-    return mask
+        values, threshold = words.view(torch.int16)[:n], min(round(keep * 2**16), 2**16 - 1)
+        threshold -= 2**15
+    kept = torch.empty_like(x, dtype=torch.bool)  # x's layout; dense, so flat in memory
+    torch.lt(values, threshold, out=kept.as_strided((n,), (1,)))
+    # through uint8: torch casts bool to bf16 much slower than uint8
+    return kept.view(torch.uint8).to(x.dtype).mul_(1.0 / keep)
 
 
 @scaled_mask.register_fake
