@@ -59,14 +59,21 @@ def load(root: Path) -> dict[tuple[str, str, str, str], list[dict[str, Any]]]:
     return groups
 
 
-def stat(values: list[float], digits: int = 1) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
+def stat(values: list[float | None], digits: int = 1) -> str:
+    """Mean ± sample std over the seeds; a seed that could not score the metric (None, e.g.
+    DCI with fewer than two predicted factors) is left out, and the count says so."""
+    given = [v for v in values if v is not None]
+    if not given:
         return "—"
+    short = f" (n = {len(given)} of {len(values)})" if len(given) < len(values) else ""
+    return _mean_std(given, digits) + short
+
+
+def _mean_std(values: list[float], digits: int) -> str:
     if any(isinstance(v, float) and math.isnan(v) for v in values):
         finite = [v for v in values if not math.isnan(v)]
         note = f" ({len(values) - len(finite)} NaN)"
-        return (stat(finite, digits) if finite else "NaN") + note
+        return (_mean_std(finite, digits) if finite else "NaN") + note
     mean = statistics.fmean(values)
     if len(values) < 2:
         return f"{mean:.{digits}f}"
