@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hvbench.bench import bench_models, markdown, run_matrix, write
-from hvbench.cli import main
+from hvbench.bench import OPTIONS, bench_models, markdown, run_matrix, write
+from hvbench.cli import main, parser
 from hvbench.errors import UserError
 from hvbench.probe import CONV_BATCH, CONV_CHANNELS, conv_step, count_flops, machine_rates
 
@@ -79,6 +79,14 @@ def test_bad_matrix_option_is_refused() -> None:
     models = bench_models(["vae"], [], [], "1,16,16", "bernoulli")
     with pytest.raises(UserError, match="unknown bench option 'fast'"):
         run_matrix(models, ["no"], [2], ["fast"], **TINY)
+
+
+def test_the_cli_offers_every_speed_option_the_matrix_takes() -> None:
+    """`hvbench bench --options` lists the choices by hand (the CLI imports no torch to
+    parse its arguments), so they are checked against the matrix's own."""
+    bench = next(a for a in parser()._actions if a.dest == "command").choices["bench"]
+    (options,) = [a for a in bench._actions if a.dest == "options"]
+    assert tuple(options.choices) == OPTIONS
 
 
 def test_cli_writes_results_only_when_asked(
