@@ -99,11 +99,13 @@ def test_speed_options_keep_parameter_names() -> None:
     assert model._compiled_call_impl is not None  # compiled on its first call
 
 
-@pytest.mark.parametrize("p", [0.3, 0.5])  # a mask of 16-bit and of 8-bit draws
-def test_dropout_keeps_the_distribution_of_nn_dropout(p: float) -> None:
+@pytest.mark.parametrize(  # a mask of 16-bit, of 8-bit and of 1-bit draws
+    ("p", "dtype"), [(0.3, torch.float32), (0.5, torch.float32), (0.5, torch.bfloat16)]
+)
+def test_dropout_keeps_the_distribution_of_nn_dropout(p: float, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     drop = Dropout(p)
-    x = torch.ones(400, 500, requires_grad=True)
+    x = torch.ones(400, 500, dtype=dtype, requires_grad=True)
     y = drop(x)
     dropped = (y == 0).float().mean()
     assert dropped == pytest.approx(p, abs=0.005)  # 5 standard errors of 200,000 draws
