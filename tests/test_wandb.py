@@ -126,6 +126,11 @@ def test_an_offline_runs_own_log_keeps_test_numbers_in_the_summary_only(tmp_path
     assert "artifact" in kinds
     (run,) = [r.run for r in records(log) if r.WhichOneof("record_type") == "run"]
     assert run.display_name == "smoke run"
+    whole, data = list(records(log)), log.read_bytes()  # read mid-write: what is complete
+    for cut in range(8, len(data), len(data) // 40 + 1):
+        (tmp_path / "torn.wandb").write_bytes(data[:cut])
+        part = list(records(tmp_path / "torn.wandb"))
+        assert part == whole[: len(part)], cut
 
     text = out.getvalue()
     assert text.startswith("hvbench run toy-corr/vae: cpu")

@@ -35,8 +35,8 @@ def records(path: Path) -> Iterator[Any]:
             continue
         _, length, kind = struct.unpack("<IHB", data[position : position + CHUNK_HEADER])
         position += CHUNK_HEADER
-        if kind == 0 and length == 0:
-            break
+        if (kind == 0 and length == 0) or position + length > len(data):
+            break  # the end, or a chunk the writer has not finished yet
         parts.append(data[position : position + length])
         position += length
         if kind in (FULL, LAST):
@@ -51,7 +51,7 @@ def finished_records(path: Path, timeout: float = 30.0) -> list[Any]:
     the log after `finish()` has returned in the run's process."""
     deadline = time.monotonic() + timeout
     while True:
-        found = list(records(path))
+        found = list(records(path))  # the records written in full so far
         if any(r.WhichOneof("record_type") == "exit" for r in found):
             return found
         if time.monotonic() > deadline:
