@@ -185,19 +185,15 @@ def scaled_mask(x: Tensor, p: float) -> Tensor:
     when keep is a multiple of 1/256 (the paper configs' 0.5), else 16 (keep rounded to a
     multiple of 2⁻¹⁶, as an fp32 uniform rounds it to 2⁻²⁴), compared with keep·2^bits;
     in bf16 and fp16 with p = ½, one bit of 16 per element (`_half_mask`)."""
-    keep, n = 1.0 - p, x.numel()
+    keep = 1.0 - p
     if p == 0.5 and x.element_size() == 2:
         return _half_mask(x)
-    bits = 8 if (keep * 256).is_integer() else 16
-    words = torch.empty(-(-n * bits // 64), dtype=torch.int64, device=x.device)
-    words.random_(-(2**63), None)  # every bit uniform
-    if bits == 8:
-        values, threshold = words.view(torch.uint8)[:n], int(keep * 256)
+    if (keep * 256).is_integer():
+        values, threshold = _uniform_bits(x, torch.uint8), int(keep * 256)
     else:  # int16 runs from -2¹⁵: keep·2¹⁶ values lie below the threshold
-        values, threshold = words.view(torch.int16)[:n], min(round(keep * 2**16), 2**16 - 1)
-        threshold -= 2**15
-    kept = torch.empty_like(x, dtype=torch.bool)  # x's layout; dense, so flat in memory
-    torch.lt(values, threshold, out=kept.as_strided((n,), (1,)))
+        values = _uniform_bits(x, torch.int16)
+        threshold = min(round(keep * 2**16), 2**16 - 1) - 2**15
+    kept = torch.lt(values, threshold)  # x's layout
     # through uint8: torch casts bool to bf16 much slower than uint8
     return kept.view(torch.uint8).to(x.dtype).mul_(1.0 / keep)
 
@@ -208,17 +204,23 @@ def _half_mask(x: Tensor) -> Tensor:
     or 0 with probability ½ each. Twice the random bits of the 8-bit draw, but no
     comparison, cast or scaling pass: half the time of the general mask. (In fp32, whose
     draw would be four times the 8-bit one, it is slower than the general mask.)"""
-    n = x.numel()
-    mask = torch.empty_like(x, dtype=torch.int16)  # x's layout; dense, so flat in memory
-    flat = mask.as_strided((n,), (1,))
-    if n % 4 == 0:
-        flat.view(torch.int64).random_(-(2**63), None)  # every bit uniform
-    else:
-        words = torch.empty(-(-n // 4), dtype=torch.int64, device=x.device)
-        words.random_(-(2**63), None)
-        flat.copy_(words.view(torch.int16)[:n])
     two = torch.tensor(2.0, dtype=x.dtype).view(torch.int16).item()
-    return mask.bitwise_and_(two).view(x.dtype)
+    return _uniform_bits(x, torch.int16).bitwise_and_(two).view(x.dtype)
+
+
+def _uniform_bits(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Integers of `dtype` with every bit uniform, one per element of x, in x's shape and
+    layout, drawn 64 bits at a time in memory order: elements next to each other in memory
+    are independent whatever the layout (x is dense, so flat in memory)."""
+    out, n = torch.empty_like(x, dtype=dtype), x.numel()
+    flat = out.as_strided((n,), (1,))
+    if n * out.element_size() % 8 == 0:
+        flat.view(torch.int64).random_(-(2**63), None)
+    else:  # a last, partial word
+        words = torch.empty(-(-n * out.element_size() // 8), dtype=torch.int64, device=x.device)
+        words.random_(-(2**63), None)
+        flat.copy_(words.view(dtype)[:n])
+    return out
 
 
 @scaled_mask.register_fake
