@@ -12,6 +12,7 @@ skip and output sizes instead of guessing them at run time.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -157,75 +158,116 @@ class Dropout(nn.Module):
     from one Mersenne Twister, one draw at a time: `bernoulli_` costs three uniform draws
     per element and even one fp32 uniform per element is a visible share of a small
     net's step, so the mask comes from `scaled_mask`'s random bits. Under `torch.compile`
-    that mask is an opaque op of the graph: inductor fuses the multiply into the
-    activation before it and draws no random numbers of its own (drawn per element, they
-    cost more than the convolutions around them). The mask stays in x's dtype: a bool or
-    uint8 mask inside inductor's fused kernels kept them from vectorizing.
+    that mask is an opaque op of the graph: inductor draws no random numbers of its own
+    (drawn per element, they cost more than the convolutions around them). The mask stays
+    in x's dtype: a bool or uint8 mask inside inductor's fused kernels kept them from
+    vectorizing.
+
+    `mask(like)` draws the mask from a tensor that exists before x (a block passes its
+    convolution's output): the mask then reads nothing x is made of, so inductor fuses the
+    multiply into the kernel that makes x (one pass fewer than multiplying a stored x).
     """
 
     def __init__(self, p: float):
         super().__init__()
         self.p = p
 
-    def forward(self, x: Tensor) -> Tensor:
+    def mask(self, like: Tensor) -> Tensor | None:
+        """The scaled mask for a tensor of like's size, dtype and layout; None where `forward`
+        draws its own (evaluation draws nothing, a GPU fuses its draw)."""
+        if not self.training or like.device.type != "cpu":
+            return None
+        return scaled_mask(like.detach(), self.p)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if not self.training:
             return x
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
-        return x * scaled_mask(x.detach(), self.p)
+        return x * (scaled_mask(x.detach(), self.p) if mask is None else mask)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
 @torch.library.custom_op("hvbench::scaled_mask", mutates_args=())
-def scaled_mask(x: Tensor, p: float) -> Tensor:
-    """1/keep where an element is kept and 0 where dropped (keep = 1 - p), in x's dtype and
-    layout. The mask is read from random *bits*, 64 a draw, in memory order: 8 per element
-    when keep is a multiple of 1/256 (the paper configs' 0.5), else 16 (keep rounded to a
-    multiple of 2⁻¹⁶, as an fp32 uniform rounds it to 2⁻²⁴), compared with keep·2^bits;
-    in bf16 and fp16 with p = ½, one bit of 16 per element (`_half_mask`)."""
+def scaled_mask(like: Tensor, p: float) -> Tensor:
+    """1/keep where an element is kept and 0 where dropped (keep = 1 - p), in like's dtype,
+    size and layout (its values are not read). For p = ½ one random bit per element
+    (`_half_mask`); else the mask is read from random bytes, in memory order: 8 bits per
+    element when keep is a multiple of 1/256, else 16 (keep rounded to a multiple of 2⁻¹⁶,
+    as an fp32 uniform rounds it to 2⁻²⁴), compared with keep·2^bits."""
     keep = 1.0 - p
-    if p == 0.5 and x.element_size() == 2:
-        return _half_mask(x)
+    if p == 0.5:
+        return _half_mask(like)
     if (keep * 256).is_integer():
-        values, threshold = _uniform_bits(x, torch.uint8), int(keep * 256)
+        values, threshold = _uniform_bits(like, torch.uint8), int(keep * 256)
     else:  # int16 runs from -2¹⁵: keep·2¹⁶ values lie below the threshold
-        values = _uniform_bits(x, torch.int16)
+        values = _uniform_bits(like, torch.int16)
         threshold = min(round(keep * 2**16), 2**16 - 1) - 2**15
-    kept = torch.lt(values, threshold)  # x's layout
+    kept = torch.lt(values, threshold)  # like's layout
     # through uint8: torch casts bool to bf16 much slower than uint8
-    return kept.view(torch.uint8).to(x.dtype).mul_(1.0 / keep)
+    return kept.view(torch.uint8).to(like.dtype).mul_(1.0 / keep)
 
 
-def _half_mask(x: Tensor) -> Tensor:
-    """`scaled_mask` for p = ½ in bf16 or fp16, in one pass over random bits: 2.0 has a
-    single bit set in either (0x4000), so a uniform random int16 ANDed with that bit is 2.0
-    or 0 with probability ½ each. Twice the random bits of the 8-bit draw, but no
-    comparison, cast or scaling pass: half the time of the general mask. (In fp32, whose
-    draw would be four times the 8-bit one, it is slower than the general mask.)"""
-    two = torch.tensor(2.0, dtype=x.dtype).view(torch.int16).item()
-    return _uniform_bits(x, torch.int16).bitwise_and_(two).view(x.dtype)
+INTEGERS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # by width in bytes
 
 
-def _uniform_bits(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """Integers of `dtype` with every bit uniform, one per element of x, in x's shape and
+def _half_mask(like: Tensor) -> Tensor:
+    """`scaled_mask` for p = ½: 2.0 or 0 with probability ½ each, from one random bit per
+    element. 2.0 has a single bit set in bf16, fp16, fp32 and fp64 alike (the exponent's top
+    bit), so the mask is a random bit shifted into that place and ANDed with it: two
+    vectorised integer passes, and a 64th of a draw per element (an 8-bit mask draws eight
+    times that, then compares, casts and scales). Row k of the mask (its memory viewed as 8
+    rows) takes bit k of a row of random bytes: elements next to each other in memory take
+    the same bit of different bytes, independent whatever the layout."""
+    integers, two, shifts = _half_mask_constants(like.dtype, like.device)
+    n = like.numel()
+    width = -(-n // 8)
+    bits = _random_bytes(width, like.device).to(integers)
+    out = torch.empty_like(like, dtype=integers)
+    flat = out.as_strided((n,), (1,))  # memory order: like is dense
+    if n % 8 == 0:
+        torch.bitwise_left_shift(bits, shifts, out=flat.view(8, width))
+    else:
+        flat.copy_(torch.bitwise_left_shift(bits, shifts).flatten()[:n])
+    flat.bitwise_and_(two)
+    return out.view(like.dtype)
+
+
+@functools.cache
+def _half_mask_constants(dtype: torch.dtype, device: torch.device) -> tuple[torch.dtype, int, Tensor]:
+    """For `_half_mask` in `dtype`: the integer type of its width, 2.0's bits in it, and the
+    shift that moves bit k of a byte to 2.0's bit, for k = 0…7 (as a column)."""
+    integers = INTEGERS[torch.finfo(dtype).bits // 8]
+    two = torch.tensor(2.0, dtype=dtype).view(integers).item()
+    place = two.bit_length() - 1
+    shifts = torch.arange(place, place - 8, -1, dtype=integers, device=device)
+    return integers, two, shifts[:, None]
+
+
+def _random_bytes(count: int, device: torch.device) -> Tensor:
+    """`count` uniform random bytes, drawn 64 bits at a time."""
+    words = torch.empty(-(-count // 8), dtype=torch.int64, device=device)
+    return words.random_(-(2**63), None).view(torch.uint8)[:count]
+
+
+def _uniform_bits(like: Tensor, dtype: torch.dtype) -> Tensor:
+    """Integers of `dtype` with every bit uniform, one per element of like, in its shape and
     layout, drawn 64 bits at a time in memory order: elements next to each other in memory
-    are independent whatever the layout (x is dense, so flat in memory)."""
-    out, n = torch.empty_like(x, dtype=dtype), x.numel()
+    are independent whatever the layout (like is dense, so flat in memory)."""
+    out, n = torch.empty_like(like, dtype=dtype), like.numel()
     flat = out.as_strided((n,), (1,))
     if n * out.element_size() % 8 == 0:
         flat.view(torch.int64).random_(-(2**63), None)
     else:  # a last, partial word
-        words = torch.empty(-(-n * out.element_size() // 8), dtype=torch.int64, device=x.device)
-        words.random_(-(2**63), None)
-        flat.copy_(words.view(dtype)[:n])
+        flat.copy_(_random_bytes(n * out.element_size(), like.device).view(dtype))
     return out
 
 
 @scaled_mask.register_fake
-def _scaled_mask_shape(x: Tensor, p: float) -> Tensor:
-    return torch.empty_like(x)
+def _scaled_mask_shape(like: Tensor, p: float) -> Tensor:
+    return torch.empty_like(like)
 
 
 class GatedResBlock(nn.Module):
@@ -262,7 +304,7 @@ class GatedResBlock(nn.Module):
             skip_size = skip_shape[1:]
             skip_kernel = 1 if skip_size == size else kernel
             self.skip = resample_conv(skip_shape[0], filters, skip_kernel, skip_size, size)
-        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else None
         self.conv2 = resample_conv(filters, 2 * filters, kernel, size, out)
         self.shortcut = shortcut(channels, filters, size, out) if residual else None
         self.out_shape: Shape = (filters, *out)
@@ -273,9 +315,12 @@ class GatedResBlock(nn.Module):
         """`activated_skip`: act(skip) when the caller has it (a stack that feeds one skip to
         several blocks activates it once)."""
         h = self.conv1(self.act(x) if self.shortcut is not None else x)
+        # drawn from conv₁'s output, before the sum and the activation make h (see Dropout)
+        mask = self.dropout.mask(h) if self.dropout is not None else None
         if self.skip is not None:
             h = h + self.skip(self.act(skip) if activated_skip is None else activated_skip)
-        y = _gate(self.conv2(self.dropout(self.act_h(h))))
+        h = self.act_h(h)
+        y = _gate(self.conv2(h if self.dropout is None else self.dropout(h, mask)))
         return y + self.shortcut(x) if self.shortcut is not None else y
 
 

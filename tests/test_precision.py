@@ -4,11 +4,12 @@ the blocks' own dropout."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
@@ -100,7 +101,8 @@ def test_speed_options_keep_parameter_names() -> None:
 
 
 @pytest.mark.parametrize(  # a mask of 16-bit, of 8-bit and of 1-bit draws
-    ("p", "dtype"), [(0.3, torch.float32), (0.5, torch.float32), (0.5, torch.bfloat16)]
+    ("p", "dtype"),
+    [(0.3, torch.float32), (0.75, torch.float32), (0.5, torch.float32), (0.5, torch.bfloat16)],
 )
 def test_dropout_keeps_the_distribution_of_nn_dropout(p: float, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
@@ -125,6 +127,44 @@ def test_dropout_masks_follow_the_activations_dtype_and_layout() -> None:
     kept = (y != 0).permute(0, 2, 3, 1).flatten().float()  # memory order
     assert kept.mean() == pytest.approx(0.5, abs=0.02)
     assert (kept[1:] == kept[:-1]).float().mean() == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(64, 125), (3, 7, 11)])  # numel a multiple of 8, and not
+def test_one_bit_masks_are_fair_and_independent_in_every_dtype(dtype, shape) -> None:
+    """p = ½ masks come from one random bit per element, shifted into 2.0's exponent bit:
+    every value is 0 or 2, half are kept, and neighbours in memory (which take the same bit of
+    different bytes) and elements a row of the bit matrix apart agree half the time."""
+    torch.manual_seed(0)
+    x = torch.ones(200, *shape, dtype=dtype)
+    y = Dropout(0.5)(x)
+    assert y.dtype == dtype and set(y.unique().tolist()) == {0.0, 2.0}
+    kept = (y != 0).flatten().float()
+    n = kept.numel()
+    assert kept.mean() == pytest.approx(0.5, abs=5 * 0.5 / n**0.5)
+    for gap in (1, -(-n // 8)):
+        same = (kept[gap:] == kept[:-gap]).float().mean()
+        assert same == pytest.approx(0.5, abs=5 * 0.5 / (n - gap) ** 0.5)
+
+
+def test_a_blocks_mask_reads_its_convolution_not_its_activation() -> None:
+    """The mask is drawn from conv₁'s output, which the block has before it sums and
+    activates: in the traced graph nothing the activation makes feeds it, so inductor can
+    fuse the sum, the activation and the multiply into one kernel."""
+    graphs: list[torch.fx.GraphModule] = []
+
+    def record(gm: torch.fx.GraphModule, _inputs: list) -> Callable:
+        graphs.append(gm)
+        return gm.forward
+
+    block = GatedResBlock((4, 6, 6), 4, 3, (6, 6), skip_shape=(4, 6, 6), dropout=0.5).train()
+    torch.compile(block, backend=record, fullgraph=True)(torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6))
+    (graph,) = graphs
+    (mask,) = [n for n in graph.graph.nodes if n.target is torch.ops.hvbench.scaled_mask.default]
+    source = mask.args[0]
+    while source.target in ("detach", torch.Tensor.detach):
+        source = source.args[0]
+    assert source.target in (torch.conv2d, F.conv2d) or "conv1" in str(source.target)
 
 
 def test_compiled_dropout_is_one_op_of_the_graph_and_draws_the_eager_mask() -> None:
