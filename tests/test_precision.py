@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from hvbench.bench import bench_models, synthetic_batch
-from hvbench.blocks import Dropout, GatedResBlock
+from hvbench.blocks import Dropout, GatedResBlock, LatentToFeatures
 from hvbench.config import TrainConfig, resolve
 from hvbench.evaluate import evaluate_split
 from hvbench.run import build_model, execute, load_task
@@ -98,6 +98,25 @@ def test_speed_options_keep_parameter_names() -> None:
     assert list(model.state_dict()) == names
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert model._compiled_call_impl is not None  # compiled on its first call
+
+
+def test_a_channels_last_projection_computes_the_same_map_and_gradients() -> None:
+    """Under channels-last a dense `LatentToFeatures` adds its bias in channels-last order
+    (its gradient a sum of contiguous rows): the same map, in that layout, and the same
+    gradients for the same parameters as the plain projection, to rounding."""
+    torch.manual_seed(0)
+    plain = LatentToFeatures(8, (16, 5, 7), spatial=False)
+    fast = LatentToFeatures(8, (16, 5, 7), spatial=False)
+    fast.load_state_dict(plain.state_dict())
+    fast.memory_format = torch.channels_last
+    z, weights = torch.randn(6, 8), torch.randn(6, 16, 5, 7)
+    maps = [module(z) for module in (plain, fast)]
+    assert maps[1].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(maps[1], maps[0])
+    for m in maps:
+        (m * weights).sum().backward()
+    for name, reference in plain.named_parameters():
+        torch.testing.assert_close(fast.get_parameter(name).grad, reference.grad)
 
 
 @pytest.mark.parametrize(  # a mask of 16-bit, of 8-bit and of 1-bit draws
