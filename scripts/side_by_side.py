@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="hvbench timed steps per cell")
     parser.add_argument("--official-steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--probe-seconds", type=float, default=0.5, help="per probe shape")
+    parser.add_argument(
+        "--probe-seconds", type=float, default=2.0, help="per probe shape (0.5 s moved the % by ±6)"
+    )
     parser.add_argument("--probe-batch", type=int, default=64, help="batch of the conv probe")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
