@@ -236,7 +236,9 @@ def _half_mask(like: Tensor) -> Tensor:
 
 
 @functools.cache
-def _half_mask_constants(dtype: torch.dtype, device: torch.device) -> tuple[torch.dtype, int, Tensor]:
+def _half_mask_constants(
+    dtype: torch.dtype, device: torch.device
+) -> tuple[torch.dtype, int, Tensor]:
     """For `_half_mask` in `dtype`: the integer type of its width, 2.0's bits in it, and the
     shift that moves bit k of a byte to 2.0's bit, for k = 0…7 (as a column)."""
     integers = INTEGERS[torch.finfo(dtype).bits // 8]
