@@ -404,7 +404,24 @@ class LatentParams(nn.Module):
 
     def forward(self, h: Tensor) -> DiagonalGaussian:
         h = self.act(h)
-        return self.params(h if self.spatial else h.flatten(1))
+        if self.spatial:
+            return self.params(h)
+        if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
+            return self._channels_last_params(h)
+        return self.params(h.flatten(1))
+
+    def _channels_last_params(self, h: Tensor) -> DiagonalGaussian:
+        """The dense group read from a channels-last map in its memory order, with the weight's
+        columns put in that order: flattening the map in (C, H, W) order copied it
+        transposed, forward and backward, where the weight, which autocast casts anyway,
+        takes the permutation in the same pass under `torch.compile`. Same parameters, same
+        function (the product's terms summed in another order: rounding only)."""
+        proj = self.params.proj
+        batch, channels, height, width = h.shape
+        weight = proj.weight.view(-1, channels, height, width).permute(0, 2, 3, 1)
+        flat = h.permute(0, 2, 3, 1).reshape(batch, -1)  # a view: the map's memory order
+        out = F.linear(flat, weight.reshape(proj.out_features, -1), proj.bias)
+        return DiagonalGaussian.from_params(out, dim=1)
 
 
 class LatentMLP(nn.Sequential):

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from hvbench.bench import bench_models, synthetic_batch
-from hvbench.blocks import Dropout, GatedResBlock, LatentToFeatures
+from hvbench.blocks import Dropout, GatedResBlock, LatentParams, LatentToFeatures
 from hvbench.config import TrainConfig, resolve
 from hvbench.evaluate import evaluate_split
 from hvbench.run import build_model, execute, load_task
@@ -117,6 +117,30 @@ def test_a_channels_last_projection_computes_the_same_map_and_gradients() -> Non
         (m * weights).sum().backward()
     for name, reference in plain.named_parameters():
         torch.testing.assert_close(fast.get_parameter(name).grad, reference.grad)
+
+
+def test_a_dense_group_reads_a_channels_last_map_as_it_reads_a_plain_one() -> None:
+    """A dense `LatentParams` reads a channels-last map in memory order, its weight's columns
+    permuted to match: the same (μ, log σ) and the same gradients, for its parameters and for
+    the map, as from the same map in NCHW, to rounding."""
+    torch.manual_seed(0)
+    group = LatentParams((16, 5, 7), 6, spatial=False, activation="elu")
+    plain = torch.randn(4, 16, 5, 7, requires_grad=True)
+    fast = plain.detach().to(memory_format=torch.channels_last).requires_grad_()
+    taken: list[torch.Tensor] = []
+    in_memory_order = group._channels_last_params
+    group._channels_last_params = lambda h: taken.append(h) or in_memory_order(h)
+    outputs, grads = [], []
+    for h in (plain, fast):
+        q = group(h)
+        (q.mu.square().sum() + q.log_sigma.sum()).backward()
+        outputs.append((q.mu, q.log_sigma))
+        grads.append([p.grad.clone() for p in group.parameters()])
+        group.zero_grad()
+    torch.testing.assert_close(outputs[1], outputs[0])
+    torch.testing.assert_close(grads[1], grads[0])
+    torch.testing.assert_close(fast.grad, plain.grad)
+    assert len(taken) == 1  # the channels-last map took the memory-order path, NCHW did not
 
 
 @pytest.mark.parametrize(  # a mask of 16-bit, of 8-bit and of 1-bit draws
