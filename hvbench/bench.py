@@ -42,6 +42,12 @@ from hvbench.train import make_optimizer, with_speed_options
 OPTIONS = ("plain", "channels_last", "compile", "channels_last+compile")
 
 
+def speed_config(option: str) -> TrainConfig:
+    """The training loop's speed options that a bench option names, "+" joining two."""
+    named = set(option.split("+"))
+    return TrainConfig(channels_last="channels_last" in named, compile="compile" in named)
+
+
 def bench_model(
     model: str | None,
     config_file: Path | None,
@@ -239,7 +245,7 @@ def run_matrix(
         raise UserError("--batch, --steps and --rounds must be positive and --warmup not negative")
     if profile < 0:
         raise UserError(f"--profile takes a positive number of steps, got {profile}")
-    if profile and any("compile" in o for o in options):
+    if profile and any(speed_config(o).compile for o in options):
         # inductor's fused C++ kernels then show in the profile by name, as element-wise work;
         # else their time is the compiled graph call's own ("other")
         import torch._inductor.config as inductor_config
@@ -250,10 +256,8 @@ def run_matrix(
     for entry in models:
         for option in options:
             model = entry.build().to(device)
-            speed = TrainConfig(
-                channels_last="channels_last" in option, compile="compile" in option
-            )
-            with_speed_options(model, speed)  # the training loop's own options, applied its way
+            # the training loop's own options, applied its way
+            with_speed_options(model, speed_config(option))
             for precision in precisions:
                 for batch in batches:
                     cell = Cell(entry.name, entry.config, precision, batch, option, mode, entry.spec.shape)
@@ -320,7 +324,7 @@ def _warm(cell: Cell, step: Stepper, warmup: int, device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
     with torch.compiler.set_stance("force_eager"):
         cell.gflop_per_image = count_flops(step) / cell.batch_size / 1e9
-    for _ in range(max(warmup, 2) if "compile" in cell.option else warmup):
+    for _ in range(max(warmup, 2) if speed_config(cell.option).compile else warmup):
         step()
     synchronize(device)
 

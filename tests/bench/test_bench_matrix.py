@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hvbench.bench import OPTIONS, bench_models, markdown, run_matrix, write
+from hvbench.bench import OPTIONS, bench_models, markdown, run_matrix, speed_config, write
 from hvbench.cli import main, parser
 from hvbench.errors import UserError
 from hvbench.probe import CONV_BATCH, CONV_CHANNELS, conv_step, count_flops, machine_rates
@@ -87,6 +87,16 @@ def test_the_cli_offers_every_speed_option_the_matrix_takes() -> None:
     bench = next(a for a in parser()._actions if a.dest == "command").choices["bench"]
     (options,) = [a for a in bench._actions if a.dest == "options"]
     assert tuple(options.choices) == OPTIONS
+
+
+def test_each_speed_option_turns_on_what_it_names() -> None:
+    flags = {o: (speed_config(o).channels_last, speed_config(o).compile) for o in OPTIONS}
+    assert flags == {
+        "plain": (False, False),
+        "channels_last": (True, False),
+        "compile": (False, True),
+        "channels_last+compile": (True, True),
+    }
 
 
 def test_cli_writes_results_only_when_asked(
