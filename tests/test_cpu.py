@@ -3,6 +3,7 @@ in again on the next step."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -29,9 +30,19 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 """
 
 
+# glibc's default thresholds, pinned: left adaptive, glibc raises them to the size of the
+# first large block a process frees, so whether a default run faults depended on its
+# allocation history (one CI run saw 0.2 faults a step). hvbench's mallopt overrides both.
+GLIBC_DEFAULTS = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
 def faults_per_step(mode: str) -> float:
     done = subprocess.run(
-        [sys.executable, "-c", STEPS, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", STEPS, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **GLIBC_DEFAULTS},
     )
     return float(done.stdout.split()[-1])
 
