@@ -17,6 +17,7 @@ from hvbench.bench import bench_models, synthetic_batch
 from hvbench.blocks import Dropout, GatedResBlock, LatentParams, LatentToFeatures
 from hvbench.config import TrainConfig, resolve
 from hvbench.evaluate import evaluate_split
+from hvbench.latents import DiagonalGaussian
 from hvbench.run import build_model, execute, load_task
 from hvbench.train import with_speed_options
 from tests.conftest import CONFIGS
@@ -141,6 +142,33 @@ def test_a_dense_group_reads_a_channels_last_map_as_it_reads_a_plain_one() -> No
     torch.testing.assert_close(grads[1], grads[0])
     torch.testing.assert_close(fast.grad, plain.grad)
     assert len(taken) == 1  # the channels-last map took the memory-order path, NCHW did not
+
+
+def test_a_dense_groups_bf16_weight_is_cast_before_it_is_permuted() -> None:
+    """Under bf16 autocast the memory-order read casts the weight first and permutes the bf16
+    copy: bit for bit the (μ, log σ) and gradients of permuting the fp32 weight and letting
+    autocast cast it (a cast commutes with a permutation), with one fp32 pass fewer."""
+    torch.manual_seed(0)
+    group = LatentParams((16, 5, 7), 6, spatial=False, activation="elu")
+    proj = group.params.proj
+    h = torch.randn(4, 16, 5, 7).to(torch.bfloat16, memory_format=torch.channels_last)
+
+    def permuted_in_fp32(a: torch.Tensor) -> DiagonalGaussian:
+        weight = proj.weight.view(-1, 16, 5, 7).permute(0, 2, 3, 1).reshape(12, -1)
+        out = F.linear(a.permute(0, 2, 3, 1).reshape(4, -1), weight, proj.bias)
+        return DiagonalGaussian.from_params(out, dim=1)
+
+    results = []
+    for read in (group._channels_last_params, permuted_in_fp32):
+        x = h.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            q = read(group.act(x))
+        (q.mu.square().sum() + q.log_sigma.sum()).backward()
+        results.append((q.mu, q.log_sigma, x.grad, [p.grad.clone() for p in group.parameters()]))
+        group.zero_grad()
+    assert results[0][2].dtype == torch.bfloat16
+    for new, old in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(new, old, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(  # a mask of 16-bit, of 8-bit and of 1-bit draws
