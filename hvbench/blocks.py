@@ -184,7 +184,7 @@ class Dropout(nn.Module):
             return x
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
-        return x * (scaled_mask(x.detach(), self.p) if mask is None else mask)
+        return x * (self.mask(x) if mask is None else mask)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
